@@ -1,0 +1,229 @@
+"""Voice Stream wire protocol: parse server messages, build client messages.
+
+Pure functions and dataclasses, no I/O. Everything the server can send is turned into
+one of the message classes below or rejected with a :class:`ProtocolError` whose text
+is fit for a log line. Unknown message types become :class:`Unknown` (ignored by the
+appliance, logged at debug level); extra fields are ignored.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+SAMPLE_RATE = 16000
+FRAME_MS_ALLOWED = (20, 40, 50)
+MAX_CHUNK_INDEX = 4095          # a sentence of 4096 chunks is far beyond any real one
+MAX_MESSAGE_BYTES = 1 << 20     # a chunk is a few KB; a megabyte is already hostile
+
+SentenceId = Union[int, str]
+
+
+class ProtocolError(ValueError):
+    """A server message that cannot be understood; the text says why."""
+
+
+def frame_bytes(frame_ms: int) -> int:
+    """Bytes of one PCM16LE mono 16 kHz frame of ``frame_ms`` milliseconds."""
+    return SAMPLE_RATE * frame_ms // 1000 * 2
+
+
+# --- server to client ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ready:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SttReady:
+    pass
+
+
+@dataclass(frozen=True)
+class SttPartial:
+    text: str
+
+
+@dataclass(frozen=True)
+class SttFinal:
+    text: str
+
+
+@dataclass(frozen=True)
+class SentenceChunk:
+    seq: int
+    sentence_id: SentenceId
+    chunk_index: int
+    is_last: bool
+    audio_b64: Optional[str]
+    text: Optional[str] = None
+    mime: str = "audio/mp3"
+
+
+@dataclass(frozen=True)
+class FinalAnswer:
+    seq: int
+    text: str
+    duration_ms: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Barge:
+    seq: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ServerError:
+    message: str
+
+    @property
+    def is_auth(self) -> bool:
+        """An invalid or expired key: retrying fast would only hammer the server."""
+        text = self.message.lower()
+        return any(word in text for word in _AUTH_WORDS)
+
+
+@dataclass(frozen=True)
+class Unknown:
+    kind: str
+
+
+ServerMessage = Union[Ready, SttReady, SttPartial, SttFinal, SentenceChunk, FinalAnswer,
+                      Barge, ServerError, Unknown]
+
+_AUTH_WORDS = ("auth", "token", "private_key", "private key", "api key", "expired",
+               "unauthori", "forbidden", "invalid key")
+
+
+def parse(raw: Union[str, bytes]) -> ServerMessage:
+    """Parse one text frame from the server.
+
+    Raises :class:`ProtocolError` for anything that is not a well-formed message.
+    """
+    if isinstance(raw, (bytes, bytearray)):
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"message of {len(raw)} bytes is over the {MAX_MESSAGE_BYTES} limit")
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"message is not valid UTF-8 ({exc.reason})") from None
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(raw)} characters is over the {MAX_MESSAGE_BYTES} limit")
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"message is not JSON ({_short(exc)})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"message is a JSON {type(obj).__name__}, not an object")
+    return parse_obj(obj)
+
+
+def parse_obj(obj: dict[str, Any]) -> ServerMessage:
+    step = obj.get("stepType")
+    if step == "sentence":
+        return _sentence(obj)
+    if step == "final_answer":
+        return _final_answer(obj)
+    kind = obj.get("type")
+    if kind == "ready":
+        return Ready(session_id=_opt_str(obj, "session_id") or "")
+    if kind == "stt.ready":
+        return SttReady()
+    if kind == "stt.partial":
+        return SttPartial(text=_opt_str(obj, "text") or "")
+    if kind == "stt.final":
+        return SttFinal(text=_opt_str(obj, "text") or "")
+    if kind == "barge":
+        return Barge(seq=_seq(obj), reason=_opt_str(obj, "reason") or "")
+    if kind == "error":
+        return ServerError(message=_opt_str(obj, "message") or "(no message)")
+    if step is not None:
+        return Unknown(kind=f"stepType={_printable(step)}")
+    if kind is None:
+        raise ProtocolError("message has neither 'type' nor 'stepType'")
+    return Unknown(kind=_printable(kind))
+
+
+def _sentence(obj: dict[str, Any]) -> SentenceChunk:
+    sid = obj.get("sentenceId")
+    if isinstance(sid, bool) or not isinstance(sid, (int, str)):
+        raise ProtocolError(f"sentence chunk has a bad sentenceId: {_printable(sid)}")
+    index = _int(obj, "chunkIndex")
+    if not 0 <= index <= MAX_CHUNK_INDEX:
+        raise ProtocolError(f"sentence chunk has chunkIndex {index} outside 0..{MAX_CHUNK_INDEX}")
+    is_last = obj.get("isLastChunk", False)
+    if not isinstance(is_last, bool):
+        raise ProtocolError(f"sentence chunk has a non-boolean isLastChunk: {_printable(is_last)}")
+    audio = obj.get("audioBase64")
+    if audio is not None and not isinstance(audio, str):
+        raise ProtocolError(f"sentence chunk has a non-string audioBase64: {type(audio).__name__}")
+    mime = obj.get("audioMime") or "audio/mp3"
+    if not isinstance(mime, str):
+        raise ProtocolError("sentence chunk has a non-string audioMime")
+    return SentenceChunk(seq=_seq(obj), sentence_id=sid, chunk_index=index, is_last=is_last,
+                         audio_b64=audio or None, text=_opt_str(obj, "contentStep"), mime=mime)
+
+
+def _final_answer(obj: dict[str, Any]) -> FinalAnswer:
+    text = ""
+    full = obj.get("fullResponse")
+    if isinstance(full, dict):
+        answers = full.get("answers")
+        if isinstance(answers, list) and answers and isinstance(answers[0], dict):
+            output = answers[0].get("output")
+            text = output if isinstance(output, str) else ""
+    duration = obj.get("stepDuration")
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)):
+        duration = None
+    return FinalAnswer(seq=_seq(obj), text=text, duration_ms=duration)
+
+
+def _seq(obj: dict[str, Any]) -> int:
+    seq = _int(obj, "seq")
+    if seq < 0:
+        raise ProtocolError(f"seq {seq} is negative")
+    return seq
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"field '{key}' must be an integer, got {_printable(value)}")
+    return value
+
+
+def _opt_str(obj: dict[str, Any], key: str) -> Optional[str]:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"field '{key}' must be a string, got {_printable(value)}")
+    return value
+
+
+def _printable(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(exc: Exception) -> str:
+    return str(exc)[:80]
+
+
+# --- client to server ------------------------------------------------------------------
+
+def start_message(*, private_key: str, session_id: str, agent_id: str, lang: str,
+                  key_field: str = "private_key") -> str:
+    """The first frame of every connection. Carries the secret: never log the result."""
+    return json.dumps({"type": "start", key_field: private_key, "session_id": session_id,
+                       "agent_id": agent_id, "lang": lang, "sr": SAMPLE_RATE})
+
+
+def stop_message() -> str:
+    return '{"type":"stop"}'
+
+
+def barge_message() -> str:
+    return '{"type":"barge"}'
