@@ -1,0 +1,34 @@
+"""Reconnect delays: exponential backoff with jitter. Pure logic, no clock, no sleeping."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Backoff:
+    """0.5 s doubling to a 30 s cap by default, each delay jittered by +/- ``jitter``.
+
+    Jitter keeps a fleet of kiosks that lost the same Wi-Fi from reconnecting in lockstep.
+    """
+    initial: float = 0.5
+    cap: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.2
+    rng: random.Random = field(default_factory=random.Random)
+    attempts: int = 0
+
+    def next_delay(self) -> float:
+        base = min(self.cap, self.initial * self.factor ** min(self.attempts, 64))
+        self.attempts += 1
+        spread = base * self.jitter
+        return max(0.0, min(self.cap, base + self.rng.uniform(-spread, spread)))
+
+    def slow(self, delay: float) -> float:
+        """A fixed slow retry (authentication errors), jittered the same way."""
+        self.attempts += 1
+        spread = delay * self.jitter
+        return delay + self.rng.uniform(-spread, spread)
+
+    def reset(self) -> None:
+        self.attempts = 0

@@ -1,0 +1,111 @@
+"""The event log: one line per thing that happened, for people or for machines.
+
+``--log-format json`` prints one JSON object per line on stdout (a public contract,
+documented in the README); ``text`` prints short aligned lines with the conversation as
+``you:`` / ``agent:``. Diagnostic log records (the ``logging`` module) go to stderr in
+text mode and become ``{"event":"log"}`` lines in JSON mode. Every line passes through
+the redactor, so the private key cannot reach a log even by accident.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable, Optional, TextIO
+
+REDACTED = "***"
+
+
+class Redactor:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = [s for s in secrets if s]
+
+    def add(self, secret: str) -> None:
+        if secret and secret not in self._secrets:
+            self._secrets.append(secret)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+
+class EventLog:
+    """Thread-safe writer of events; ``listeners`` see every event (tests, the bench)."""
+
+    def __init__(self, fmt: str = "text", stream: Optional[TextIO] = None,
+                 redactor: Optional[Redactor] = None) -> None:
+        self.fmt = fmt
+        self.stream = stream if stream is not None else sys.stdout
+        self.redact = redactor or Redactor()
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        record = {"ts": round(time.time(), 3), "event": event, **fields}
+        line = self.redact(json.dumps(record, ensure_ascii=False, default=str)
+                           if self.fmt == "json" else _human(record))
+        with self._lock:
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass    # a closed stdout (journal gone) must not stop the appliance
+        for listener in list(self._listeners):
+            listener(record)
+
+
+def _human(record: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(record["ts"]))
+    event = record["event"]
+    if event == "transcript":
+        return f"{stamp}  you:    {record.get('text', '')}" + ("" if record.get("final") else " ...")
+    if event == "sentence.play":
+        return f"{stamp}  agent:  {record.get('text') or '(audio)'}"
+    if event == "state":
+        return f"{stamp}  [{record['state']}]"
+    detail = " ".join(f"{k}={v}" for k, v in record.items() if k not in ("ts", "event"))
+    return f"{stamp}  {event:<15} {detail}".rstrip()
+
+
+class _EventHandler(logging.Handler):
+    def __init__(self, events: EventLog) -> None:
+        super().__init__()
+        self.events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        self.events.emit("log", level=record.levelname.lower(), logger=record.name,
+                         message=message)
+
+
+class _RedactingFormatter(logging.Formatter):
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__("%(asctime)s  %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(super().format(record))
+
+
+def setup_logging(events: EventLog, level: str = "info", stream: Optional[TextIO] = None) -> None:
+    """Route the ``soca`` loggers: to stderr for people, into the event log for JSON."""
+    root = logging.getLogger("soca")
+    root.handlers.clear()
+    root.setLevel(level.upper())
+    root.propagate = False
+    handler: logging.Handler
+    if events.fmt == "json":
+        handler = _EventHandler(events)
+    else:
+        handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+        handler.setFormatter(_RedactingFormatter(events.redact))
+    root.addHandler(handler)

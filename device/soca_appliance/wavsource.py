@@ -1,0 +1,78 @@
+"""A WAV file as the microphone, paced in real time, then silence: the appliance without a
+sound card (demo, tests, benchmark). Any rate or channel count is converted like a mic."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import wave
+from pathlib import Path
+from typing import Callable, Optional
+
+from .framing import Converter, Frame, Framer
+
+log = logging.getLogger("soca.wavsource")
+
+
+class WavSourceError(ValueError):
+    pass
+
+
+class WavSource:
+    def __init__(self, path: str | Path, frame_bytes: int = 640, gain: float = 1.0,
+                 on_end: Optional[Callable[[], None]] = None) -> None:
+        self.path = Path(path)
+        self.frame_bytes = frame_bytes
+        self.on_end = on_end
+        self.name = f"file {self.path.name}"
+        self.frames = 0
+        self.ended = threading.Event()
+        try:
+            with wave.open(str(self.path), "rb") as wav:
+                if wav.getsampwidth() != 2:
+                    raise WavSourceError(f"{self.path}: only 16-bit PCM WAV is supported "
+                                         f"(this one has {8 * wav.getsampwidth()}-bit samples)")
+                rate, channels = wav.getframerate(), wav.getnchannels()
+                raw = wav.readframes(wav.getnframes())
+        except FileNotFoundError:
+            raise WavSourceError(f"input file {self.path} does not exist") from None
+        except (wave.Error, EOFError) as exc:
+            raise WavSourceError(f"input file {self.path} is not a PCM WAV file ({exc})") from None
+        converter = Converter(rate, channels, gain)
+        pcm = converter.convert(raw, last=True)
+        framer = Framer(frame_bytes)
+        self._frames = framer.push(pcm + bytes(-len(pcm) % frame_bytes))
+        self.duration = len(self._frames) * frame_bytes / 32000
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, on_frame: Callable[[Frame], None]) -> None:
+        self._thread = threading.Thread(target=self._run, args=(on_frame,), name="wav-source",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, on_frame: Callable[[Frame], None]) -> None:
+        period = self.frame_bytes / 32000
+        silence = bytes(self.frame_bytes)
+        t0 = time.monotonic()
+        index = 0
+        # Deadlines from a fixed origin: sleeping late once does not shift every later frame.
+        while not self._stop.is_set():
+            due = t0 + (index + 1) * period
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                break
+            pcm = self._frames[index] if index < len(self._frames) else silence
+            on_frame(Frame(pcm=pcm, t_capture=time.monotonic(), index=index))
+            self.frames += 1
+            index += 1
+            if index == len(self._frames):
+                log.info("end of %s (%.1f s); continuing with silence", self.path.name,
+                         self.duration)
+                self.ended.set()
+                if self.on_end is not None:
+                    self.on_end()
