@@ -48,6 +48,7 @@ class Config:
     key_field: str = "private_key"
     session_id: str = ""
     allow_insecure: bool = False
+    ca_file: str = ""
     # link
     ping_interval: float = 10.0
     ping_timeout: float = 5.0

@@ -48,6 +48,10 @@ class EventLog:
 
     def emit(self, event: str, **fields: Any) -> None:
         record = {"ts": round(time.time(), 3), "event": event, **fields}
+        for listener in list(self._listeners):
+            listener(record)
+        if self.fmt == "text" and event == "transcript" and not fields.get("final"):
+            return      # people read the final transcript; partials are for machines
         line = self.redact(json.dumps(record, ensure_ascii=False, default=str)
                            if self.fmt == "json" else _human(record))
         with self._lock:
@@ -56,15 +60,13 @@ class EventLog:
                 self.stream.flush()
             except (OSError, ValueError):
                 pass    # a closed stdout (journal gone) must not stop the appliance
-        for listener in list(self._listeners):
-            listener(record)
 
 
 def _human(record: dict[str, Any]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(record["ts"]))
     event = record["event"]
     if event == "transcript":
-        return f"{stamp}  you:    {record.get('text', '')}" + ("" if record.get("final") else " ...")
+        return f"{stamp}  you:    {record.get('text', '')}"
     if event == "sentence.play":
         return f"{stamp}  agent:  {record.get('text') or '(audio)'}"
     if event == "state":

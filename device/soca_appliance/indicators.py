@@ -1,0 +1,201 @@
+"""The kiosk's physical interface: LEDs that show the state, a button that interrupts.
+
+``led_plan`` is a pure function from the appliance's state to what each LED does, tested
+without hardware. :class:`GpioPanel` drives it with gpiozero (discrete LEDs or one RGB
+LED, PWM where the pin allows) and turns button presses into callbacks; :class:`NoPanel`
+stands in where there is no GPIO. ``--gpio mock`` uses gpiozero's MockFactory, so the
+demo and the tests exercise the real gpiozero code.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .config import Leds
+
+log = logging.getLogger("soca.indicators")
+
+STATES = ("connecting", "ready", "listening", "thinking", "speaking", "error")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    kind: str = "off"                      # off | on | blink | pulse
+    level: float = 1.0                     # brightness for "on" (PWM) / colour scale (RGB)
+    on_time: float = 0.0
+    off_time: float = 0.0
+    color: tuple[float, float, float] = (0.0, 0.0, 0.0)   # RGB LED only
+
+
+OFF = Pattern()
+SLOW = dict(on_time=0.5, off_time=1.0)
+FAST = dict(on_time=0.1, off_time=0.1)
+
+
+def led_plan(state: str, muted: bool, rgb: bool = False) -> dict[str, Pattern]:
+    """What each LED does in ``state``: keys are ready/listening/speaking/error, or rgb."""
+    if rgb:
+        return {"rgb": _rgb_plan(state, muted)}
+    plan = {"ready": OFF, "listening": OFF, "speaking": OFF, "error": OFF}
+    if state == "connecting":
+        plan["ready"] = Pattern("blink", **SLOW)
+    elif state == "ready":
+        plan["ready"] = Pattern("on", level=0.2)
+    elif state == "listening":
+        plan["listening"] = Pattern("pulse", on_time=0.5, off_time=0.5)
+    elif state == "thinking":
+        plan["listening"] = Pattern("blink", **FAST)
+    elif state == "speaking":
+        plan["speaking"] = Pattern("on", level=1.0)
+    elif state == "error":
+        plan["error"] = Pattern("blink", on_time=0.1, off_time=0.4)
+    if muted and state != "error":
+        plan["error"] = Pattern("on", level=0.3)      # privacy: a steady red glow
+        plan["listening"] = OFF
+    return plan
+
+
+def _rgb_plan(state: str, muted: bool) -> Pattern:
+    if state == "error":
+        return Pattern("blink", color=(1.0, 0.0, 0.0), on_time=0.1, off_time=0.4)
+    if muted:
+        return Pattern("on", color=(0.4, 0.1, 0.0))
+    return {
+        "connecting": Pattern("blink", color=(0.0, 0.0, 1.0), **SLOW),
+        "ready": Pattern("on", color=(0.0, 0.15, 0.0)),
+        "listening": Pattern("pulse", color=(0.0, 0.0, 1.0), on_time=0.5, off_time=0.5),
+        "thinking": Pattern("blink", color=(0.0, 0.6, 0.6), **FAST),
+        "speaking": Pattern("on", color=(0.0, 1.0, 0.0)),
+    }.get(state, OFF)
+
+
+class NoPanel:
+    """No GPIO: nothing to light, nothing to press."""
+    pins: dict[str, Any] = {}
+
+    def show(self, state: str, muted: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class GpioPanel:
+    def __init__(self, leds: Leds, button_pin: Optional[int], long_press: float,
+                 on_press: Callable[[], None], on_long_press: Callable[[], None],
+                 pin_factory: Any = None) -> None:
+        from gpiozero import Button
+        self.factory = pin_factory
+        self.rgb = bool(leds.rgb)
+        self.pins: dict[str, Any] = {}
+        self._pwm: dict[str, bool] = {}
+        self._devices: list[Any] = []
+        try:
+            if self.rgb:
+                self.pins["rgb"], self._pwm["rgb"] = self._rgb_led(leds.rgb)
+            else:
+                for role in ("ready", "listening", "speaking", "error"):
+                    pin = getattr(leds, role)
+                    if pin is not None:
+                        self.pins[role], self._pwm[role] = self._led(pin)
+            self.button = None
+            if button_pin is not None:
+                self.button = Button(button_pin, pull_up=True, bounce_time=0.05,
+                                     hold_time=long_press, pin_factory=pin_factory)
+                self._devices.append(self.button)
+                self._held = False
+                self.button.when_held = self._on_held
+                self.button.when_released = self._on_released
+        except Exception:
+            self.close()
+            raise
+        self._on_press = on_press
+        self._on_long_press = on_long_press
+
+    def _led(self, pin: int) -> tuple[Any, bool]:
+        from gpiozero import LED, PWMLED
+        from gpiozero.exc import PinPWMUnsupported
+        try:
+            device: Any = PWMLED(pin, pin_factory=self.factory)
+            pwm = True
+        except PinPWMUnsupported:
+            device, pwm = LED(pin, pin_factory=self.factory), False
+        self._devices.append(device)
+        return device, pwm
+
+    def _rgb_led(self, pins: tuple[int, ...]) -> tuple[Any, bool]:
+        from gpiozero import RGBLED
+        from gpiozero.exc import PinPWMUnsupported
+        try:
+            device, pwm = RGBLED(*pins, pwm=True, pin_factory=self.factory), True
+        except PinPWMUnsupported:
+            device, pwm = RGBLED(*pins, pwm=False, pin_factory=self.factory), False
+        self._devices.append(device)
+        return device, pwm
+
+    def _on_held(self) -> None:
+        self._held = True
+        self._on_long_press()
+
+    def _on_released(self) -> None:
+        if self._held:
+            self._held = False
+            return
+        self._on_press()
+
+    def show(self, state: str, muted: bool) -> None:
+        for role, pattern in led_plan(state, muted, self.rgb).items():
+            device = self.pins.get(role)
+            if device is not None:
+                _apply(device, pattern, self.rgb, self._pwm[role])
+
+    def close(self) -> None:
+        for device in self._devices:
+            try:
+                if hasattr(device, "off"):
+                    device.off()
+                device.close()
+            except Exception as exc:  # noqa: BLE001 - closing hardware must not stop shutdown
+                log.debug("closing %s: %s", device, exc)
+        self._devices.clear()
+
+
+def _apply(device: Any, p: Pattern, rgb: bool, pwm: bool) -> None:
+    color = p.color if pwm else tuple(1.0 if c > 0 else 0.0 for c in p.color)
+    if p.kind == "off":
+        device.off()
+    elif p.kind == "on":
+        if rgb:
+            device.color = color
+        else:
+            device.value = p.level if pwm else 1
+    elif p.kind == "pulse" and pwm:
+        kwargs: dict[str, Any] = {"fade_in_time": p.on_time, "fade_out_time": p.off_time}
+        if rgb:
+            kwargs["on_color"] = color
+        device.pulse(**kwargs)
+    else:   # blink, or a pulse on a pin without PWM
+        kwargs = {"on_time": p.on_time, "off_time": p.off_time}
+        if rgb:
+            kwargs["on_color"] = color
+        device.blink(**kwargs)
+
+
+def make_panel(mode: str, leds: Leds, button_pin: Optional[int], long_press: float,
+               on_press: Callable[[], None], on_long_press: Callable[[], None]) -> Any:
+    """``off``: none. ``mock``: gpiozero's MockFactory. ``auto``: the Pi's pins, or none."""
+    if mode == "off":
+        return NoPanel()
+    factory = None
+    if mode == "mock":
+        from gpiozero.pins.mock import MockFactory, MockPWMPin
+        factory = MockFactory(pin_class=MockPWMPin)
+    try:
+        return GpioPanel(leds, button_pin, long_press, on_press, on_long_press, factory)
+    except Exception as exc:  # noqa: BLE001 - gpiozero raises many kinds off a Pi
+        if mode == "mock":
+            raise
+        log.info("no usable GPIO here (%s): running without button and LEDs",
+                 exc.__class__.__name__)
+        return NoPanel()
