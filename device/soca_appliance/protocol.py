@@ -116,7 +116,8 @@ def parse(raw: Union[str, bytes]) -> ServerMessage:
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"message is not JSON ({_short(exc)})") from None
     if not isinstance(obj, dict):
-        raise ProtocolError(f"message is a JSON {type(obj).__name__}, not an object")
+        raise ProtocolError(f"message is a JSON {_JSON_NAMES.get(type(obj), 'value')}, "
+                            "not an object")
     return parse_obj(obj)
 
 
@@ -144,6 +145,10 @@ def parse_obj(obj: dict[str, Any]) -> ServerMessage:
     if kind is None:
         raise ProtocolError("message has neither 'type' nor 'stepType'")
     return Unknown(kind=_printable(kind))
+
+
+_JSON_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
 
 
 def _sentence(obj: dict[str, Any]) -> SentenceChunk:
