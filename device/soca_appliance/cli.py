@@ -139,7 +139,8 @@ def make_source(cfg: Config) -> Any:
         except WavSourceError as exc:
             raise ConfigError(str(exc)) from None
     from .microphone import Microphone
-    return Microphone(cfg.mic, frame_bytes(cfg.frame_ms), cfg.mic_gain)
+    return Microphone(cfg.mic, frame_bytes(cfg.frame_ms), cfg.mic_gain,
+                      rate=cfg.mic_rate, channels=cfg.mic_channels)
 
 
 @contextlib.contextmanager

@@ -60,6 +60,8 @@ class Config:
     frame_ms: int = 20
     mic: str = ""
     mic_gain: float = 1.0
+    mic_rate: int = 0
+    mic_channels: int = 0
     input: str = ""
     vad: bool = False
     vad_aggressiveness: int = 2
@@ -237,6 +239,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"vad_aggressiveness must be 0..3; got {cfg.vad_aggressiveness}")
     if not 0.0 < cfg.mic_gain <= 64.0:
         raise ConfigError(f"mic_gain must be above 0 and at most 64; got {cfg.mic_gain}")
+    if cfg.mic_rate and not 8000 <= cfg.mic_rate <= 192000:
+        raise ConfigError(f"mic_rate must be 0 (automatic) or 8000..192000 Hz; got {cfg.mic_rate}")
+    if cfg.mic_channels not in (0, 1, 2):
+        raise ConfigError(f"mic_channels must be 0 (automatic), 1 or 2; got {cfg.mic_channels}")
     if cfg.ping_interval <= cfg.ping_timeout:
         raise ConfigError("ping_interval must be larger than ping_timeout")
     if _rgb_and_discrete(cfg):

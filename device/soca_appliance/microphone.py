@@ -91,18 +91,31 @@ def find_input(pa: Any, name: str) -> DeviceInfo:
     raise MicError(f"no input device matching {name!r}; inputs: {names}")
 
 
-def choose_format(pa: Any, device: DeviceInfo) -> tuple[int, int]:
-    """16 kHz mono when the device can; otherwise its native rate and channel count."""
+def choose_format(pa: Any, device: DeviceInfo, rate: int = 0, channels: int = 0
+                  ) -> tuple[int, int]:
+    """16 kHz mono when the device can; otherwise its native rate and channel count.
+
+    ``rate``/``channels`` (0 = automatic) force a format, for instance the device's native
+    48 kHz: ALSA's ``plug`` layer would accept 16 kHz and resample with its own cheap
+    filter, where soxr's anti-alias filter does better.
+    """
     import pyaudio
-    for rate, channels in ((SAMPLE_RATE, 1), (device.default_rate, 1),
-                           (SAMPLE_RATE, min(2, device.max_input_channels)),
-                           (device.default_rate, min(2, device.max_input_channels))):
+    stereo = max(1, min(2, device.max_input_channels))
+    if rate or channels:
+        candidates = [(rate or device.default_rate, channels or 1)]
+    else:
+        candidates = [(SAMPLE_RATE, 1), (device.default_rate, 1), (SAMPLE_RATE, stereo),
+                      (device.default_rate, stereo)]
+    for rate_, channels_ in candidates:
         try:
-            if pa.is_format_supported(rate, input_device=device.index, input_channels=channels,
-                                      input_format=pyaudio.paInt16):
-                return rate, channels
+            if pa.is_format_supported(rate_, input_device=device.index,
+                                      input_channels=channels_, input_format=pyaudio.paInt16):
+                return rate_, channels_
         except ValueError:
             continue
+    if rate or channels:
+        raise MicError(f"input {device.name!r} cannot record {candidates[0][0]} Hz with "
+                       f"{candidates[0][1]} channel(s)")
     return device.default_rate, device.max_input_channels
 
 
@@ -112,7 +125,8 @@ class Microphone:
     def __init__(self, name: str = "", frame_bytes: int = 640, gain: float = 1.0,
                  on_error: Callable[[str], None] = lambda message: None,
                  on_recover: Callable[[], None] = lambda: None,
-                 block_ms: int = 20, retry_initial: float = 0.5, retry_max: float = 10.0) -> None:
+                 block_ms: int = 20, retry_initial: float = 0.5, retry_max: float = 10.0,
+                 rate: int = 0, channels: int = 0) -> None:
         self.device_name = name
         self.name = f"mic {name!r}" if name else "default mic"
         self.frame_bytes = frame_bytes
@@ -120,6 +134,7 @@ class Microphone:
         self.on_error = on_error
         self.on_recover = on_recover
         self.block_ms = block_ms
+        self.rate, self.channels = rate, channels
         self.backoff = Backoff(initial=retry_initial, cap=retry_max)
         self.frames = 0
         self.overflows = 0
@@ -160,7 +175,7 @@ class Microphone:
         stream = None
         try:
             device = find_input(pa, self.device_name)
-            rate, channels = choose_format(pa, device)
+            rate, channels = choose_format(pa, device, self.rate, self.channels)
             block = max(1, rate * self.block_ms // 1000)
             with quiet_stderr():
                 stream = pa.open(format=8, channels=channels, rate=rate, input=True,
