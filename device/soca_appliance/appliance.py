@@ -103,11 +103,14 @@ class Appliance:
         self.link.start()
         self.source.start(self.on_frame)
 
-    def run(self, stop: threading.Event) -> None:
-        """Block until ``stop`` is set, expiring stuck sentences once a second."""
+    def run(self, stop: threading.Event, tick: Callable[[bool, str], None] = lambda h, s: None
+            ) -> None:
+        """Block until ``stop`` is set; once a second expire stuck sentences and report
+        health (the systemd watchdog is fed only while every worker thread lives)."""
         while not stop.wait(1.0):
             with self._lock:
                 self._apply(self.assembler.expire(time.monotonic()))
+            tick(self.healthy(), self.state)
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -119,7 +122,8 @@ class Appliance:
 
     def healthy(self) -> bool:
         """For the systemd watchdog: every worker thread is still alive."""
-        return self.link.alive() and self.player._thread.is_alive()
+        source_alive = getattr(self.source, "alive", lambda: True)()
+        return self.link.alive() and self.player.alive() and source_alive
 
     @property
     def state(self) -> str:

@@ -111,21 +111,25 @@ def run_appliance(cfg: Config, key: str, stop: Optional[threading.Event] = None,
     """Run until SIGTERM/SIGINT (or, for the demo, until the input is spoken and answered)."""
     from .appliance import Appliance
     from .events import EventLog, Redactor, setup_logging
+    from .service import Notifier
 
     events = EventLog(cfg.log_format, redactor=Redactor([key]))
     setup_logging(events, cfg.log_level)
     source = make_source(cfg)
     app = Appliance(cfg, events, source, key)
+    notifier = Notifier(os.environ)
     stop = stop or threading.Event()
     with _signals(stop):
         app.start()
+        notifier.ready()
         if until_idle_after_input:
             watcher = threading.Thread(target=_stop_when_done, name="demo-watch", daemon=True,
                                        args=(app, source, stop, timeout))
             watcher.start()
         try:
-            app.run(stop)
+            app.run(stop, notifier.tick)
         finally:
+            notifier.stopping()
             app.shutdown()
     return 0
 

@@ -148,6 +148,9 @@ class Microphone:
                                         daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 1.0) -> None:
         self._stop.set()
         if self._thread is not None:

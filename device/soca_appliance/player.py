@@ -132,6 +132,9 @@ class Player:
                 return 0.0
             return time.monotonic() - self._quiet_since
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self, timeout: float = 1.0) -> None:
         self.stop_all("shutdown")
         with self._cond:
