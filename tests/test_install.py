@@ -1,0 +1,289 @@
+"""install.sh run for real into a throwaway prefix, the unit file linted by systemd-analyze,
+the example config checked against config.Config.
+
+The install uses --no-apt --no-user and a virtualenv with --system-site-packages, so the
+dependencies come from this machine and pip only builds the project itself (--no-deps).
+Where systemd is not PID 1 (a container) the unit is installed but not enabled, so the
+rendered unit is linted too; where it is, --no-service keeps the real system untouched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pytest
+
+from soca_appliance import __version__, config
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTALL = ROOT / "install.sh"
+UNIT = ROOT / "etc" / "soca-appliance.service"
+EXAMPLE = ROOT / "etc" / "config.example.toml"
+KEY = "install-key-5e8d21"
+SYSTEMD_RUNNING = Path("/run/systemd/system").is_dir()
+# Offline when this Python can build the wheel itself; else pip fetches setuptools and wheel
+# into an isolated build environment (from the configured index or wheel cache).
+HAS_BUILD_TOOLS = all(importlib.util.find_spec(m) for m in ("setuptools", "wheel"))
+PIP_ARGS = "--no-deps --no-build-isolation" if HAS_BUILD_TOOLS else "--no-deps"
+
+
+@dataclasses.dataclass
+class Layout:
+    root: Path
+
+    @property
+    def prefix(self) -> Path:
+        return self.root / "opt"
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def units(self) -> Path:
+        return self.root / "units"
+
+    @property
+    def bin(self) -> Path:
+        return self.root / "bin"
+
+    def flags(self) -> list[str]:
+        flags = ["--prefix", str(self.prefix), "--etc", str(self.etc),
+                 "--unit-dir", str(self.units), "--bin-dir", str(self.bin),
+                 "--no-apt", "--no-user", "--system-site-packages",
+                 "--python", sys.executable, "--pip-args", PIP_ARGS]
+        return flags + (["--no-service"] if SYSTEMD_RUNNING else [])
+
+
+def run_install(layout: Layout, *extra: str, key: Optional[str] = None,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOCA_")}
+    if key is not None:
+        env["SOCA_PRIVATE_KEY"] = key
+    proc = subprocess.run(["bash", str(INSTALL), *layout.flags(), *extra], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[tuple[Layout, subprocess.CompletedProcess[str]]]:
+    layout = Layout(tmp_path_factory.mktemp("install"))
+    proc = run_install(layout, key=KEY)
+    yield layout, proc
+    run_install(layout, "--uninstall", "--purge", check=False)
+
+
+def lint_unit(path: Path) -> str:
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)],
+                          capture_output=True, text=True, timeout=60, cwd=path.parent)
+    return (proc.stdout + proc.stderr).strip() + ("" if proc.returncode == 0
+                                                  else f" (exit {proc.returncode})")
+
+
+# --- the install ---------------------------------------------------------------------------
+
+def test_steps_are_announced(installed: tuple[Layout, Any]) -> None:
+    _layout, proc = installed
+    steps = [line for line in proc.stdout.splitlines() if line.startswith("==> ")]
+    assert any("skipping system packages (--no-apt)" in s for s in steps)
+    assert any("creating virtualenv" in s for s in steps)
+    assert steps[-1] == "==> done"
+    assert KEY not in proc.stdout + proc.stderr
+
+
+def test_installed_commands_run(installed: tuple[Layout, Any]) -> None:
+    layout, _ = installed
+    for command in (layout.prefix / "bin" / "soca-appliance", layout.bin / "soca-appliance"):
+        proc = subprocess.run([str(command), "--version"], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and proc.stdout.strip() == f"soca-appliance {__version__}"
+    cfg = (layout.prefix / "pyvenv.cfg").read_text()
+    assert "include-system-site-packages = true" in cfg
+    where = subprocess.run([str(layout.prefix / "bin" / "python"), "-c",
+                            "import soca_appliance; print(soca_appliance.__file__)"],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert where.startswith(str(layout.prefix))                # the venv's copy, not the repo
+
+
+def test_config_written_from_the_example(installed: tuple[Layout, Any]) -> None:
+    layout, _ = installed
+    target = layout.etc / "config.toml"
+    expected = EXAMPLE.read_text().replace("/etc/soca-appliance/", f"{layout.etc}/")
+    assert target.read_text() == expected
+    cfg = config.load(target, env={})
+    assert cfg.private_key_file == str(layout.etc / "key")
+
+
+def test_key_file_is_private(installed: tuple[Layout, Any]) -> None:
+    layout, _ = installed
+    key = layout.etc / "key"
+    info = key.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    assert info.st_uid == os.getuid()                          # --no-user: the current user
+    assert key.read_text() == KEY + "\n"
+    cfg = config.load(layout.etc / "config.toml", env={})
+    assert config.read_private_key(cfg, env={}) == KEY
+
+
+def test_installed_diag_reads_config_and_key(installed: tuple[Layout, Any]) -> None:
+    layout, _ = installed
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOCA_")}
+    proc = subprocess.run([str(layout.bin / "soca-diag"), "--config",
+                           str(layout.etc / "config.toml"), "--only", "config,key"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert KEY not in proc.stdout + proc.stderr
+    rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()[1:-1]
+            if not line.lstrip().startswith("hint:")}
+    assert rows == {"config": "FAIL", "key": "PASS"}           # agent_id still the example's
+    assert "your-agent-id" in proc.stdout and proc.returncode == 1
+
+
+@pytest.mark.skipif(SYSTEMD_RUNNING, reason="systemd runs here: the unit is not installed")
+def test_unit_rendered_for_the_layout(installed: tuple[Layout, Any]) -> None:
+    layout, proc = installed
+    assert "==> systemd is not running (not PID 1): unit installed, not enabled" in proc.stdout
+    unit = layout.units / "soca-appliance.service"
+    text = unit.read_text()
+    assert (f"ExecStart={layout.prefix}/bin/soca-appliance run --config "
+            f"{layout.etc}/config.toml") in text.splitlines()
+    assert f"User={subprocess.run(['id', '-un'], capture_output=True, text=True).stdout.strip()}" \
+        in text.splitlines()
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    assert lint_unit(unit) == ""
+
+
+def test_rerun_is_idempotent_and_uninstall_keeps_config_and_key(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    run_install(layout, key=KEY)
+    config_file = layout.etc / "config.toml"
+    edited = config_file.read_text().replace('agent_id = "your-agent-id"', 'agent_id = "mine"')
+    config_file.write_text(edited)
+
+    again = run_install(layout)                                  # no key given this time
+    assert "==> keeping existing" in again.stdout
+    assert config_file.read_text() == edited                     # never overwritten
+    assert (layout.etc / "key").read_text() == KEY + "\n"        # kept
+    assert stat.S_IMODE((layout.etc / "key").stat().st_mode) == 0o600
+
+    new_key = tmp_path / "new-key.txt"
+    new_key.write_text("  rotated-key-77\n\n")
+    rotated = run_install(layout, "--key-file", str(new_key))
+    assert (layout.etc / "key").read_text() == "rotated-key-77\n"
+    assert "rotated-key-77" not in rotated.stdout + rotated.stderr
+
+    gone = run_install(layout, "--uninstall")
+    assert "==> uninstalled" in gone.stdout
+    assert not layout.prefix.exists()
+    assert not (layout.units / "soca-appliance.service").exists()
+    assert not (layout.bin / "soca-diag").exists() and not (layout.bin / "soca-appliance").exists()
+    assert config_file.read_text() == edited
+    assert (layout.etc / "key").read_text() == "rotated-key-77\n"
+
+    run_install(layout, "--uninstall", "--purge")
+    assert not config_file.exists() and not (layout.etc / "key").exists()
+
+
+def test_refuses_a_key_on_the_command_line(tmp_path: Path) -> None:
+    proc = run_install(Layout(tmp_path), "--key", "secret", check=False)
+    assert proc.returncode != 0 and "not accepted on the command line" in proc.stderr
+    assert not (tmp_path / "opt").exists()
+
+
+def test_help_and_bad_options() -> None:
+    proc = subprocess.run(["bash", str(INSTALL), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for option in ("--prefix", "--etc", "--unit-dir", "--no-apt", "--no-service", "--no-user",
+                   "--python", "--pip-args", "--system-site-packages", "--key-file",
+                   "--uninstall", "--purge"):
+        assert option in proc.stdout
+    proc = subprocess.run(["bash", str(INSTALL), "--frobnicate"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 1 and "unknown option" in proc.stderr
+    proc = subprocess.run(["bash", str(INSTALL), "--purge"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "--purge only goes with --uninstall" in proc.stderr
+
+
+# --- static checks -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", [INSTALL, ROOT / "scripts" / "soca-diag"],
+                         ids=["install.sh", "soca-diag"])
+def test_shellcheck(script: Path) -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed")
+    proc = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_unit_file_passes_systemd_analyze(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    # verify insists that ExecStart's program exists: point it at one that does.
+    text = UNIT.read_text()
+    assert "ExecStart=/opt/soca-appliance/bin/soca-appliance run --config " \
+           "/etc/soca-appliance/config.toml" in text.splitlines()
+    copy = tmp_path / "soca-appliance.service"
+    copy.write_text(text.replace("/opt/soca-appliance/bin/soca-appliance", "/bin/true"))
+    assert lint_unit(copy) == ""
+
+
+def test_unit_file_settings() -> None:
+    lines = [line for line in UNIT.read_text().splitlines()
+             if line and not line.startswith("#")]
+    settings: dict[str, list[str]] = {}
+    for line in lines:
+        if "=" in line:
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    expected = {
+        "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "30", "Restart": "always",
+        "RestartSec": "2", "User": "soca", "Group": "soca", "SupplementaryGroups": "audio gpio",
+        "RuntimeDirectory": "soca-appliance", "RuntimeDirectoryMode": "0750",
+        "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+        "PrivateTmp": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
+        "ProtectControlGroups": "yes", "RestrictRealtime": "no", "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "no", "DevicePolicy": "closed",
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "StartLimitIntervalSec": "0", "WantedBy": "multi-user.target",
+    }
+    for key, value in expected.items():
+        assert settings.get(key) == [value], key
+    assert "PYTHONUNBUFFERED=1" in settings["Environment"]
+    assert set(settings["DeviceAllow"]) >= {"char-alsa rw", "char-gpiochip rw"}
+    for key in ("After", "Wants"):
+        assert settings[key] == ["network-online.target sound.target"]
+
+
+# --- the example config --------------------------------------------------------------------
+
+def test_example_config_loads_and_documents_every_key() -> None:
+    cfg = config.load(EXAMPLE, env={})
+    data = tomllib.loads(EXAMPLE.read_text())
+    present = [k for k in data if k != "leds"] + [f"leds.{k}" for k in data["leds"]]
+    assert sorted(present) == sorted(config.known_keys())
+    defaults = config.Config()
+    for key in config.known_keys():
+        if key.startswith("leds.") or key == "agent_id":
+            continue
+        assert getattr(cfg, key) == getattr(defaults, key), key
+    assert cfg.agent_id == "your-agent-id"
+    assert cfg.leds == config.Leds(ready=22, listening=23, speaking=24, error=25, rgb=())
+    lines = EXAMPLE.read_text().splitlines()
+    for index, line in enumerate(lines):       # every key (or block of keys) has a comment
+        if line and not line.startswith(("#", "[")):
+            above = index - 1
+            while lines[above] and not lines[above].startswith(("#", "[")):
+                above -= 1
+            assert lines[above].startswith("#"), line
