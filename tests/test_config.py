@@ -314,10 +314,6 @@ class TestRefused:
     def test_out_of_range(self, key: str, value: Any) -> None:
         assert key in error_of(overrides={key: value})
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "config.validate compares numbers with <=/>=, which are all False for NaN: "
-        "SOCA_PING_INTERVAL=nan (or ping_interval = nan in TOML, or sentence_timeout = nan) "
-        "passes validation and yields a NaN ping interval / timeout"))
     @pytest.mark.parametrize("env, text", [({"SOCA_PING_INTERVAL": "nan"}, ""),
                                            ({"SOCA_SENTENCE_TIMEOUT": "nan"}, ""),
                                            ({}, "ping_interval = nan\n")],
@@ -398,12 +394,6 @@ class TestPrivateKey:
         text = key_error(path)
         assert str(path) in text
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "config.read_private_key catches only FileNotFoundError/PermissionError around "
-        "stat() and PermissionError/UnicodeDecodeError around read_text(): a key path that "
-        "is a directory raises IsADirectoryError, one under a regular file raises "
-        "NotADirectoryError; both escape as OSError instead of ConfigError (the CLI only "
-        "catches ConfigError, so the user gets a traceback)"))
     @pytest.mark.parametrize("kind", ["directory", "under-a-file"])
     def test_unusable_key_path_is_a_config_error(self, tmp_path: Path, kind: str) -> None:
         if kind == "directory":
@@ -419,10 +409,6 @@ class TestPrivateKey:
         text = error_of(env={"SOCA_PRIVATE_KEY": KEY, "SOCA_FRAME_MS": "30"})
         assert KEY not in text
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "config.read_private_key: `if env.get(KEY_ENV)` is true for a whitespace-only "
-        "SOCA_PRIVATE_KEY, then returns env[KEY_ENV].strip() == '' (an empty key is sent in "
-        "start) instead of falling back to the key file or raising ConfigError"))
     def test_whitespace_only_env_key_is_not_an_empty_key(self, tmp_path: Path) -> None:
         path = key_file(tmp_path, KEY + "\n")
         try:

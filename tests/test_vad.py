@@ -178,12 +178,6 @@ def test_reset_mid_utterance_stops_sending(speech) -> None:
     assert gate.utterances == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vad.VadGate.reset() clears the gate's own state but keeps the webrtcvad.Vad instance, "
-    "whose internal hangover still says 'speech': after a reset in the middle of an utterance "
-    "(the orchestrator resets the gate on every new connection), the next frames of pure "
-    "digital silence are judged speech, a phantom utterance starts at the 2nd frame, sends "
-    "~31 frames of silence and ends with a stop"))
 def test_digital_silence_after_a_reset_mid_utterance_starts_nothing(speech) -> None:
     gate = VadGate()
     pcm = list(frames(padded(speech["hello"])))
@@ -218,13 +212,6 @@ def test_silence_after_an_utterance_stays_quiet(speech) -> None:
     assert len(run.started) == 1 and len(run.ended) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vad.VadGate starts an utterance on white noise: webrtcvad flags the first ~4 frames "
-    "(80 ms) of any non-silent input as speech before its noise estimate adapts, and the gate's "
-    "onset rule (2 voiced of the last 3 frames, no warm-up, no energy/SNR floor) accepts it; at "
-    "-40 dBFS later 4-frame bursts start utterances too. E.g. 10 s of Gaussian noise at "
-    "-60 dBFS (a mic's noise floor), seeds 1-4, aggressiveness 2: started at frame 1; at "
-    "-40 dBFS, seeds 0-4: started at frame 1 (and again mid-stream for seed 1)"))
 @pytest.mark.parametrize("dbfs", [-60.0, -40.0])
 def test_white_noise_never_starts_an_utterance(dbfs: float) -> None:
     for seed in range(5):

@@ -70,7 +70,7 @@ class Appliance:
         self._answered_seq = -1
         self._stopping = threading.Event()
         self.assembler = Assembler(cfg.max_sentence_bytes, cfg.max_pending_sentences,
-                                   cfg.sentence_timeout)
+                                   cfg.sentence_timeout, cfg.progressive_playback)
         self.gate = VadGate(cfg.vad_aggressiveness, cfg.frame_ms) if cfg.vad else None
         self.player = player or Player(PlayerCallbacks(
             on_start=self._sentence_started, on_stop=self._sentence_stopped,
@@ -207,16 +207,18 @@ class Appliance:
         with self._lock:
             self.events.emit("connected", session_id=session_id)
             self._faults.discard("auth")
-            self.assembler.reset()
+            # A new session numbers its seqs afresh: the old session's audio is over.
+            self.player.stop_all("reconnect")
+            self._apply(self.assembler.reset())
             if self.gate is not None:
                 self.gate.reset()
-            self._set("speaking" if self.player.busy else "ready")
+            self._set("ready")
 
     def _disconnected(self, code: Optional[int], reason: str, retry_in: float,
                       auth: bool) -> None:
         with self._lock:
             self.events.emit("disconnected", code=code, reason=reason, retry_in=retry_in)
-            self.assembler.reset()
+            self._apply(self.assembler.reset())
             if auth:
                 self._fault("auth", True)
             self._set("connecting")
@@ -269,8 +271,12 @@ class Appliance:
             log.warning("%s", warning)
         if outcome.barge_to is not None:
             self.player.stop_before(outcome.barge_to, "barge")
+        for key in outcome.aborted:
+            self.player.abort(key[0], key[1], "dropped")
         for sentence in outcome.ready:
             self.player.enqueue(sentence)
+        for piece in outcome.pieces:
+            self.player.feed(piece)
 
     def _maybe_ready(self) -> None:
         if (self._conv in ("thinking", "speaking") and not self.player.busy
@@ -330,8 +336,8 @@ class Appliance:
                 self.counters.barges_button += 1
                 seq = self.assembler.current_seq
                 self.events.emit("barge", seq=seq, source=source)
-                self.assembler.interrupt()
                 self.player.stop_all("button")
+                self.assembler.interrupt()
                 self.link.send_control(protocol.barge_message())
                 self._set("ready")
                 return "barged"

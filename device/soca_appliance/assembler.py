@@ -6,6 +6,10 @@ index before it arrived, and released in the order in which each sentence's firs
 arrived. A newer seq (from a barge or from any message carrying it) drops everything older.
 Memory is bounded: a sentence's bytes, the number of open sentences and the set of
 sentences remembered as dropped are all capped.
+
+With ``progressive`` on, the sentence at the head of the line is handed out in pieces as
+its chunks arrive in order (:class:`Piece`), so playback can begin before it completes;
+the sentences behind it still wait their turn.
 """
 from __future__ import annotations
 
@@ -31,10 +35,24 @@ class Sentence:
     chunks: int = 0
 
 
+@dataclass(frozen=True)
+class Piece:
+    """Progressive playback: the next contiguous MP3 bytes of the head sentence."""
+    seq: int
+    sentence_id: SentenceId
+    data: bytes
+    text: str
+    first: bool
+    final: bool
+
+
 @dataclass
 class Outcome:
-    """What one input changed: sentences now playable, a seq jump, warnings to log."""
+    """What one input changed: sentences (or pieces) now playable, a seq jump, sentences
+    whose playback began but that will never complete, warnings to log."""
     ready: list[Sentence] = field(default_factory=list)
+    pieces: list[Piece] = field(default_factory=list)
+    aborted: list[Key] = field(default_factory=list)
     barge_to: Optional[int] = None
     warnings: list[str] = field(default_factory=list)
 
@@ -47,6 +65,7 @@ class _Open:
     last_index: Optional[int] = None
     text: str = ""
     size: int = 0
+    streamed: int = 0           # progressive: chunks before this index were handed out
 
     def complete(self) -> bool:
         return self.last_index is not None and len(self.parts) == self.last_index + 1
@@ -54,10 +73,11 @@ class _Open:
 
 class Assembler:
     def __init__(self, max_sentence_bytes: int = 1 << 20, max_pending: int = 32,
-                 sentence_timeout: float = 15.0) -> None:
+                 sentence_timeout: float = 15.0, progressive: bool = False) -> None:
         self.max_sentence_bytes = max_sentence_bytes
         self.max_pending = max_pending
         self.sentence_timeout = sentence_timeout
+        self.progressive = progressive
         self.current_seq = 0
         # Audio of seqs up to this one was cut short locally (button): never play it.
         self.interrupted_through = -1
@@ -86,44 +106,50 @@ class Assembler:
         out = Outcome()
         self.interrupted_through = max(self.interrupted_through, self.current_seq)
         for key in list(self._open):
-            self._kill(key)
+            self._abandon(key, out)
         return out
 
     def add(self, chunk: SentenceChunk, now: float) -> Outcome:
         out = self.observe_seq(chunk.seq)
+        self._add(chunk, now, out)
+        # Also after a drop: the dropped sentence may have been holding the line.
+        self._release(out)
+        return out
+
+    def _add(self, chunk: SentenceChunk, now: float, out: Outcome) -> None:
         key: Key = (chunk.seq, chunk.sentence_id)
         if chunk.seq < self.current_seq or chunk.seq <= self.interrupted_through:
             self.dropped_chunks += 1
-            return out
+            return
         if key in self._closed:
             self.dropped_chunks += 1
-            return out
+            return
         sentence = self._open.get(key)
         if sentence is None:
             if len(self._open) >= self.max_pending:
                 self._drop(key, out, f"sentence {_name(key)} dropped: already "
                                      f"{self.max_pending} sentences pending")
-                return out
+                return
             sentence = self._open[key] = _Open(first_seen=now, last_seen=now)
         sentence.last_seen = now
         if chunk.chunk_index in sentence.parts:
             self.dropped_chunks += 1     # a duplicate: the first copy wins
-            return out
+            return
         if sentence.last_index is not None and chunk.chunk_index > sentence.last_index:
             self._drop(key, out, f"sentence {_name(key)} dropped: chunk {chunk.chunk_index} "
                                  f"after the last chunk {sentence.last_index}")
-            return out
+            return
         try:
             data = base64.b64decode(chunk.audio_b64, validate=True) if chunk.audio_b64 else b""
         except (binascii.Error, ValueError):
             self._drop(key, out, f"sentence {_name(key)} dropped: chunk {chunk.chunk_index} "
                                  "has invalid base64 audio")
-            return out
+            return
         sentence.size += len(data)
         if sentence.size > self.max_sentence_bytes:
             self._drop(key, out, f"sentence {_name(key)} dropped: over "
                                  f"{self.max_sentence_bytes} bytes of audio")
-            return out
+            return
         sentence.parts[chunk.chunk_index] = data
         if chunk.text and not sentence.text:
             sentence.text = chunk.text
@@ -131,10 +157,9 @@ class Assembler:
             if max(sentence.parts) > chunk.chunk_index:
                 self._drop(key, out, f"sentence {_name(key)} dropped: last chunk "
                                      f"{chunk.chunk_index} but chunk {max(sentence.parts)} exists")
-                return out
+                return
             sentence.last_index = chunk.chunk_index
-        self._release(out)
-        return out
+        return
 
     def answer_done(self, seq: int) -> Outcome:
         """final_answer for ``seq``: its sentences still missing chunks will never complete."""
@@ -156,10 +181,16 @@ class Assembler:
         self._release(out)
         return out
 
-    def reset(self) -> None:
-        """A new connection: open sentences of the old one can never complete."""
+    def reset(self) -> Outcome:
+        """A new connection is a new session: open sentences of the old one can never
+        complete, and seq numbering starts again."""
+        out = Outcome()
         for key in list(self._open):
-            self._kill(key)
+            self._abandon(key, out)
+        self._closed.clear()
+        self.current_seq = 0
+        self.interrupted_through = -1
+        return out
 
     @property
     def pending(self) -> int:
@@ -182,9 +213,13 @@ class Assembler:
         # Play order is first-chunk arrival: only the head of the line may go.
         while self._open:
             key, sentence = next(iter(self._open.items()))
+            if self.progressive:
+                self._stream(key, sentence, out)
             if not sentence.complete():
                 return
             self._kill(key)     # remembered, so a late duplicate cannot reopen it
+            if self.progressive:
+                continue
             mp3 = b"".join(sentence.parts[i] for i in range(sentence.last_index + 1))
             if not mp3:
                 out.warnings.append(f"sentence {_name(key)} skipped: it carried no audio")
@@ -192,9 +227,29 @@ class Assembler:
             out.ready.append(Sentence(seq=key[0], sentence_id=key[1], mp3=mp3,
                                       text=sentence.text, chunks=len(sentence.parts)))
 
+    def _stream(self, key: Key, sentence: _Open, out: Outcome) -> None:
+        first = sentence.streamed == 0
+        data = []
+        while sentence.streamed in sentence.parts:
+            data.append(sentence.parts[sentence.streamed])
+            sentence.parts[sentence.streamed] = b""      # handed out: keep only the index
+            sentence.streamed += 1
+        final = sentence.complete()
+        if first and final and not any(data):
+            out.warnings.append(f"sentence {_name(key)} skipped: it carried no audio")
+        elif data or (final and not first):
+            out.pieces.append(Piece(key[0], key[1], b"".join(data), sentence.text,
+                                    first=first, final=final))
+
     def _drop(self, key: Key, out: Outcome, warning: str) -> None:
         out.warnings.append(warning)
         self.dropped_sentences += 1
+        self._abandon(key, out)
+
+    def _abandon(self, key: Key, out: Outcome) -> None:
+        sentence = self._open.get(key)
+        if sentence is not None and sentence.streamed > 0:
+            out.aborted.append(key)        # its playback began: the player must drop it
         self._kill(key)
 
     def _kill(self, key: Key) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import stat
 import tomllib
@@ -68,6 +69,7 @@ class Config:
     duplex: str = "half"
     # audio down
     mixer_buffer: int = 512
+    progressive_playback: bool = False
     max_sentence_bytes: int = 1 << 20
     max_pending_sentences: int = 32
     sentence_timeout: float = 15.0
@@ -228,6 +230,10 @@ def _build(values: dict[str, Any], where: str) -> Config:
 
 
 def validate(cfg: Config) -> None:
+    for f in dataclasses.fields(Config):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number; got {value}")
     for key, choices in _CHOICES.items():
         value = getattr(cfg, key)
         if value not in choices:
@@ -290,7 +296,7 @@ def read_private_key(cfg: Config, env: Optional[Mapping[str, str]] = None) -> st
     A key file readable by group or others is refused: the key would leak to every user.
     """
     env = os.environ if env is None else env
-    if env.get(KEY_ENV):
+    if env.get(KEY_ENV, "").strip():
         return env[KEY_ENV].strip()
     path = Path(cfg.private_key_file)
     try:
@@ -300,6 +306,10 @@ def read_private_key(cfg: Config, env: Optional[Mapping[str, str]] = None) -> st
                           "(mode 0600, owned by the service user)") from None
     except PermissionError:
         raise ConfigError(f"key file {path} is not accessible by this user") from None
+    except NotADirectoryError:
+        raise ConfigError(f"key file {path}: a part of the path is not a directory") from None
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"key file {path} is not a regular file")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"key file {path} is readable by group or others (mode "
                           f"{stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}")

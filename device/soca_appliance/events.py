@@ -103,7 +103,6 @@ def setup_logging(events: EventLog, level: str = "info", stream: Optional[TextIO
     root = logging.getLogger("soca")
     root.handlers.clear()
     root.setLevel(level.upper())
-    root.propagate = False
     handler: logging.Handler
     if events.fmt == "json":
         handler = _EventHandler(events)

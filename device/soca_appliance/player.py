@@ -1,16 +1,21 @@
-"""Agent speech output: complete MP3 sentences played one at a time with pygame.mixer.
+"""Agent speech output: MP3 sentences played one at a time with pygame.mixer.
 
 Owns the mixer, a bounded queue of sentences and the thread that plays them. Sentences are
-decoded from memory (no temp files). ``stop_before(seq)`` silences the playing sentence
-at once and drops queued ones; callbacks tell the orchestrator when a sentence starts,
-stops and when the queue has drained. When the audio output cannot be opened the player
-says so, drops what it is given, and retries in the background.
+decoded from memory (no temp files). A sentence is normally handed over complete
+(:meth:`Player.enqueue`); with progressive playback its MP3 arrives in pieces
+(:meth:`Player.feed`) and playback starts with the first one: the prefix received so far
+is decoded again as it grows and only the new PCM is queued on the channel, which SDL_mixer
+plays back to back without a gap. ``stop_before(seq)`` silences the playing sentence at
+once and drops queued ones; callbacks tell the orchestrator when a sentence starts, stops
+and when the queue has drained. When the audio output cannot be opened the player says
+so, drops what it is given, and retries in the background.
 
 SDL's audio driver is whatever ``SDL_AUDIODRIVER`` says (``alsa``, ``pulse``, ``dummy``,
 ``disk``...); this module never sets it.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -23,7 +28,7 @@ from typing import Callable, Optional
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")   # no banner on the kiosk's log
 import pygame  # noqa: E402
 
-from .assembler import Sentence  # noqa: E402
+from .assembler import Piece, Sentence  # noqa: E402
 
 log = logging.getLogger("soca.player")
 
@@ -54,6 +59,27 @@ class PlayerCallbacks:
     on_reference: Optional[Callable[[bytes, float, OutputInfo], None]] = None
 
 
+class _Item:
+    """A sentence on its way to the speaker; its MP3 may still be growing."""
+
+    def __init__(self, sentence: Sentence, complete: bool) -> None:
+        self.sentence = sentence
+        self.mp3 = bytearray(sentence.mp3)
+        self.complete = complete
+        self.decoded_size = -1          # len(mp3) at the last decode
+        self.decoded_final = False      # that decode saw the whole sentence
+        self.emitted = 0                # PCM bytes handed to the channel
+        self.started = False
+
+    def stale(self) -> bool:
+        """More to decode: new bytes, or the sentence completed since the last decode."""
+        return len(self.mp3) != self.decoded_size or (self.complete and not self.decoded_final)
+
+    @property
+    def key(self) -> tuple[int, object]:
+        return self.sentence.seq, self.sentence.sentence_id
+
+
 class Player:
     def __init__(self, callbacks: Optional[PlayerCallbacks] = None, *, frequency: int = 22050,
                  buffer: int = 512, max_queue: int = 32, retry_s: float = 5.0) -> None:
@@ -65,12 +91,11 @@ class Player:
         self.info: Optional[OutputInfo] = None
         self.played = 0
         self.dropped = 0
-        self._queue: deque[Sentence] = deque()
-        self._current: Optional[Sentence] = None
-        self._decoding: Optional[Sentence] = None
-        self._decode_cancelled = False
-        self._sound: Optional[pygame.mixer.Sound] = None
-        self._ends_at = 0.0
+        self.underruns = 0
+        self._queue: deque[_Item] = deque()
+        self._current: Optional[_Item] = None
+        self._pending = bytearray()     # decoded PCM of the current item not yet queued
+        self._ends_at = 0.0             # when what the channel holds should have played
         self._quiet_since = time.monotonic()
         self._cond = threading.Condition()
         self._closed = False
@@ -82,22 +107,35 @@ class Player:
         self._thread.start()
 
     def enqueue(self, sentence: Sentence) -> bool:
+        """A complete sentence, played after those before it."""
         with self._cond:
-            if self._closed:
+            if not self._admit(sentence):
                 return False
-            if self.info is None:
-                self.dropped += 1
-                log.warning("no audio output: sentence seq %s id %r not played",
-                            sentence.seq, sentence.sentence_id)
-                return False
-            if len(self._queue) >= self.max_queue:
-                self.dropped += 1
-                log.warning("playback queue full (%d): sentence seq %s id %r dropped",
-                            self.max_queue, sentence.seq, sentence.sentence_id)
-                return False
-            self._queue.append(sentence)
+            self._queue.append(_Item(sentence, complete=True))
             self._cond.notify_all()
         return True
+
+    def feed(self, piece: Piece) -> bool:
+        """Progressive playback: more MP3 bytes of a sentence (``piece.first`` opens it)."""
+        with self._cond:
+            if piece.first:
+                sentence = Sentence(piece.seq, piece.sentence_id, b"", piece.text)
+                if not self._admit(sentence):
+                    return False
+                item = _Item(sentence, complete=False)
+                self._queue.append(item)
+            else:
+                item = self._find(piece.seq, piece.sentence_id)
+                if item is None:
+                    return False            # stopped or dropped meanwhile
+            item.mp3 += piece.data
+            item.complete = piece.final
+            self._cond.notify_all()
+        return True
+
+    def abort(self, seq: int, sentence_id: object, reason: str) -> bool:
+        """Drop one sentence (progressive: it will never complete)."""
+        return bool(self._stop(lambda s: (s.seq, s.sentence_id) == (seq, sentence_id), reason))
 
     def stop_before(self, seq: int, reason: str) -> list[Sentence]:
         """Silence the playing sentence and drop queued ones whose seq is below ``seq``."""
@@ -122,13 +160,12 @@ class Player:
     @property
     def busy(self) -> bool:
         with self._cond:
-            return (self._current is not None or self._decoding is not None
-                    or bool(self._queue))
+            return self._current is not None or bool(self._queue)
 
     def quiet_for(self) -> float:
         """Seconds since the speaker last played speech (0 while it plays)."""
         with self._cond:
-            if self._current is not None:
+            if self._current is not None and self._current.started:
                 return 0.0
             return time.monotonic() - self._quiet_since
 
@@ -143,20 +180,37 @@ class Player:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    # --- the player thread ---------------------------------------------------------
+    # --- internals shared with other threads (lock held) ---------------------------
+
+    def _admit(self, sentence: Sentence) -> bool:
+        if self._closed:
+            return False
+        if self.info is None:
+            self.dropped += 1
+            log.warning("no audio output: sentence seq %s id %r not played",
+                        sentence.seq, sentence.sentence_id)
+            return False
+        if len(self._queue) >= self.max_queue:
+            self.dropped += 1
+            log.warning("playback queue full (%d): sentence seq %s id %r dropped",
+                        self.max_queue, sentence.seq, sentence.sentence_id)
+            return False
+        return True
+
+    def _find(self, seq: int, sentence_id: object) -> Optional[_Item]:
+        for item in ([self._current] if self._current else []) + list(self._queue):
+            if item.key == (seq, sentence_id):
+                return item
+        return None
 
     def _stop(self, match: Callable[[Sentence], bool], reason: str) -> list[Sentence]:
         stopped: list[Sentence] = []
         with self._cond:
-            if self._current is not None and match(self._current):
-                stopped.append(self._current)
+            if self._current is not None and match(self._current.sentence):
+                stopped.append(self._current.sentence)
                 self._halt()
-            if self._decoding is not None and match(self._decoding):
-                stopped.append(self._decoding)
-                self._decode_cancelled = True
-            kept = [s for s in self._queue if not match(s)]
-            stopped += [s for s in self._queue if match(s)]
-            self._queue = deque(kept)
+            stopped += [i.sentence for i in self._queue if match(i.sentence)]
+            self._queue = deque(i for i in self._queue if not match(i.sentence))
             self._cond.notify_all()
         for sentence in stopped:
             self.cb.on_stop(sentence, reason)
@@ -165,14 +219,17 @@ class Player:
         return stopped
 
     def _halt(self) -> None:
-        # Called with the lock held: the channel goes silent within one mixer buffer.
+        # The channel goes silent within one mixer buffer; its queued piece goes too.
         try:
             pygame.mixer.Channel(SPEECH_CHANNEL).stop()
         except pygame.error:
             pass
+        if self._current is not None and self._current.started:
+            self._quiet_since = time.monotonic()
         self._current = None
-        self._sound = None
-        self._quiet_since = time.monotonic()
+        self._pending.clear()
+
+    # --- the player thread ---------------------------------------------------------
 
     def _run(self) -> None:
         try:
@@ -211,66 +268,100 @@ class Player:
 
     def _step(self) -> None:
         with self._cond:
-            while not self._closed and self._current is None and not self._queue:
-                self._cond.wait(0.5)
-            if self._closed:
-                return
-            if self._current is not None:
-                self._wait_for_end()
-                return
-            sentence = self._queue.popleft()
-            self._decoding, self._decode_cancelled = sentence, False
-        sound = self._decode(sentence)
+            if self._current is None:
+                while not self._closed and not self._queue:
+                    self._cond.wait(0.5)
+                if self._closed:
+                    return
+                self._current = self._queue.popleft()
+                self._pending.clear()
+            item = self._current
+            snapshot = bytes(item.mp3) if item.stale() else None
+            complete = item.complete
+        pcm = self._decode(item, snapshot) if snapshot is not None else None
         with self._cond:
-            # A stop may have come while decoding, after the sentence left the queue.
-            if self._decode_cancelled or self._closed:
-                sound = None
-            self._decoding = None
-            if sound is None:
-                idle = not self._queue
-            else:
-                channel = pygame.mixer.Channel(SPEECH_CHANNEL)
-                channel.play(sound)
-                self._current, self._sound = sentence, sound
-                self._ends_at = time.monotonic() + sound.get_length()
-                self.played += 1
-                idle = False
-        if sound is None:
-            if idle:
-                self.cb.on_idle()
-            return
-        self.cb.on_start(sentence)
-        if self.cb.on_reference is not None and self.info is not None:
-            self.cb.on_reference(sound.get_raw(), time.monotonic(), self.info)
+            if item is not self._current or self._closed:
+                return                                  # stopped while decoding
+            if snapshot is not None:
+                item.decoded_size = len(snapshot)      # retry only when more bytes come
+                item.decoded_final = complete
+            if pcm is not None:
+                # Keep back the last 50 ms of an incomplete sentence: the next, longer
+                # decode is the authority on how its tail sounds.
+                hold = 0 if complete else int(self.info.frequency * 0.05) * 2 * self.info.channels
+                end = max(item.emitted, len(pcm) - hold)
+                self._pending += pcm[item.emitted:end]
+                item.emitted = end
+            elif snapshot is not None and complete:
+                self._drop_current()
+                finished = not self._queue
+                started = False
+            if item is self._current:
+                started = self._push(item)
+                # Tell the world a sentence started before sleeping through it.
+                finished = False if started else self._wait(item, complete)
+        if started:
+            self.played += 1
+            self.cb.on_start(dataclasses.replace(item.sentence, mp3=bytes(item.mp3)))
+            if self.cb.on_reference is not None and self.info is not None:
+                self.cb.on_reference(bytes(pcm or b""), time.monotonic(), self.info)
+        if finished:
+            self.cb.on_idle()
 
-    def _wait_for_end(self) -> None:
-        # Called with the lock held. Sleep until the sentence should end, then poll the
-        # channel briefly: the mixer drains its last buffer a little after get_length().
+    def _push(self, item: _Item) -> bool:
+        """Hand pending PCM to the channel (lock held). True when the sentence starts."""
+        if not self._pending:
+            return False
+        channel = pygame.mixer.Channel(SPEECH_CHANNEL)
+        if channel.get_queue() is not None:
+            return False                     # the channel already holds the next piece
+        sound = pygame.mixer.Sound(buffer=bytes(self._pending))
+        now = time.monotonic()
+        if channel.get_busy():
+            channel.queue(sound)             # SDL_mixer starts it with no gap
+        else:
+            if item.started:
+                self.underruns += 1          # the network fell behind the speaker
+            channel.play(sound)
+            self._ends_at = now
+        self._ends_at = max(self._ends_at, now) + sound.get_length()
+        self._pending.clear()
+        first = not item.started
+        item.started = True
+        return first
+
+    def _wait(self, item: _Item, complete: bool) -> bool:
+        """Sleep until there is something to do (lock held). True when the queue drained."""
         remaining = self._ends_at - time.monotonic()
+        if self._pending:
+            self._cond.wait(min(0.01, max(remaining, 0.001)))   # a queue slot frees soon
+            return False
+        if not complete or item.stale():
+            self._cond.wait(0.05 if not item.started else min(0.05, max(remaining, 0.001)))
+            return False
         if remaining > 0.005:
             self._cond.wait(remaining)
-            return
+            return False
         if pygame.mixer.Channel(SPEECH_CHANNEL).get_busy() and remaining > -2.0:
-            self._cond.wait(0.005)
-            return
+            self._cond.wait(0.005)      # the mixer drains its last buffer a little later
+            return False
         self._current = None
-        self._sound = None
         self._quiet_since = time.monotonic()
-        idle = not self._queue
-        if idle:
-            self._cond.release()
-            try:
-                self.cb.on_idle()
-            finally:
-                self._cond.acquire()
+        return not self._queue
 
-    def _decode(self, sentence: Sentence) -> Optional[pygame.mixer.Sound]:
+    def _drop_current(self) -> None:
+        # Called with the lock held, for a complete sentence that did not decode.
+        self._current = None
+        self._pending.clear()
+
+    def _decode(self, item: _Item, mp3: bytes) -> Optional[bytes]:
         try:
-            return pygame.mixer.Sound(file=io.BytesIO(sentence.mp3))
+            return pygame.mixer.Sound(file=io.BytesIO(mp3)).get_raw()
         except pygame.error:
+            if not item.complete:
+                return None          # too little of the sentence yet to find a frame
             # SDL_mixer reports undecodable bytes as a missing libmodplug: say what it is.
             self.dropped += 1
-            self.cb.on_error(f"sentence seq {sentence.seq} id {sentence.sentence_id!r} is not "
-                             f"valid MP3 ({len(sentence.mp3)} bytes); skipped")
+            self.cb.on_error(f"sentence seq {item.sentence.seq} id {item.sentence.sentence_id!r} "
+                             f"is not valid MP3 ({len(mp3)} bytes); skipped")
             return None
-

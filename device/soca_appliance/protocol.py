@@ -113,7 +113,7 @@ def parse(raw: Union[str, bytes]) -> ServerMessage:
         raise ProtocolError(f"message of {len(raw)} characters is over the {MAX_MESSAGE_BYTES} limit")
     try:
         obj = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:    # ValueError: also 5000-digit numbers
         raise ProtocolError(f"message is not JSON ({_short(exc)})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"message is a JSON {_JSON_NAMES.get(type(obj), 'value')}, "
