@@ -34,7 +34,8 @@ def test_run_streams_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         proc = subprocess.Popen(
             _cli("run", "--url", sim.url, "--agent-id", "a1", "--lang", "en",
                  "--input", str(ASSETS / "demo-en.wav"), "--gpio", "mock",
-                 "--log-format", "json", "--config", str(_empty_config(tmp_path))),
+                 "--log-format", "json", "--config", str(_empty_config(tmp_path)),
+                 "--control-socket", str(tmp_path / "control.sock")),
             stdout=out, stderr=subprocess.PIPE, env=_env(SOCA_PRIVATE_KEY=KEY))
         try:
             wait_for(lambda: sim.stats()["frames_received"] > 25, timeout=20)
@@ -102,6 +103,35 @@ def test_missing_input_file_is_reported(tmp_path: Path) -> None:
                           timeout=30)
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr
+
+
+def test_ctl_talks_to_a_running_appliance(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    with Simulator(expected_key=KEY) as sim:
+        proc = subprocess.Popen(
+            _cli("run", "--url", sim.url, "--agent-id", "a1", "--input",
+                 str(ASSETS / "chime.wav"), "--gpio", "off", "--config",
+                 str(_empty_config(tmp_path)), "--control-socket", str(sock)),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(SOCA_PRIVATE_KEY=KEY))
+        try:
+            wait_for(sock.exists, timeout=20)
+            assert oct(sock.stat().st_mode & 0o777) == oct(0o660)
+            wait_for(lambda: sim.stats()["starts_ok"] == 1, timeout=20)
+            mute = subprocess.run(_cli("ctl", "--control-socket", str(sock), "mute"),
+                                  capture_output=True, text=True, env=_env(), timeout=30)
+            assert mute.returncode == 0 and json.loads(mute.stdout)["ok"] is True
+            status = subprocess.run(_cli("ctl", "--control-socket", str(sock), "status"),
+                                    capture_output=True, text=True, env=_env(), timeout=30)
+            report = json.loads(status.stdout)
+            assert report["muted"] is True and report["connected"] is True
+            assert report["state"] == "ready" and "frames_sent" in report["counters"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
+    assert not sock.exists()
+    gone = subprocess.run(_cli("ctl", "--control-socket", str(sock), "status"),
+                          capture_output=True, text=True, env=_env(), timeout=30)
+    assert gone.returncode == 2 and "error" in gone.stderr
 
 
 def test_demo_holds_a_whole_conversation() -> None:

@@ -46,7 +46,7 @@ def test_no_notify_socket_is_a_no_op() -> None:
 def test_run_reports_ready_watchdog_and_stopping(tmp_path: Path) -> None:
     sock = _listen(tmp_path / "notify")
     config = tmp_path / "config.toml"
-    config.write_text("agent_id = 'a'\nlang = 'en'\ngpio = 'off'\n")
+    config.write_text("agent_id = 'a'\nlang = 'en'\ngpio = 'off'\ncontrol_socket = ''\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOCA_")}
     env.update(SDL_AUDIODRIVER="dummy", SOCA_PRIVATE_KEY=KEY,
                NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="1000000")

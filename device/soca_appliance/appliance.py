@@ -248,8 +248,10 @@ class Appliance:
                 self.events.emit("barge", seq=msg.seq, source="server", reason=msg.reason)
                 outcome = self.assembler.barge(msg.seq)
                 self._apply(outcome)
-                if self._conv in ("speaking", "thinking", "ready"):
-                    self._set("listening")      # the server heard the user speak
+                # A speech barge means the user is talking; "manual" only acknowledges
+                # the button's barge, after which the appliance is simply ready.
+                if msg.reason != "manual" and self._conv in ("speaking", "thinking", "ready"):
+                    self._set("listening")
             elif isinstance(msg, ServerError):
                 self.counters.server_errors += 1
                 self.events.emit("error", message=f"server: {msg.message}")
@@ -353,5 +355,4 @@ class Appliance:
                 return
             self.muted = muted
             self.events.emit("mute", muted=muted)
-            self._shown = None          # redraw the LEDs with the privacy glow
-            self._show()
+            self.panel.show(self.state, muted)      # the privacy glow, same state

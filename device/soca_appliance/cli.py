@@ -40,10 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=90.0,
                       help="give up after this many seconds (default 90)")
 
-    sim = sub.add_parser("simulate", help="run the local voice-ws simulator on 127.0.0.1")
-    sim.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    sub.add_parser("simulate", add_help=False,
+                   help="the local voice-ws simulator on 127.0.0.1 (simulate --help)")
 
     sub.add_parser("devices", help="list audio inputs and outputs with their native formats")
+
+    sub.add_parser("ctl", add_help=False,
+                   help="barge, mute, unmute or status of the running appliance (ctl --help)")
+    sub.add_parser("bench", add_help=False,
+                   help="latency and cost against the simulator (bench --help)")
     return parser
 
 
@@ -71,7 +76,29 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k, None) for k in keys}
 
 
+# Commands with their own argument parser: everything after the name is theirs (argparse's
+# REMAINDER would refuse options placed first, such as "simulate --port 0").
+_OWN_PARSER = ("simulate", "ctl", "bench")
+
+
+def _delegate(name: str, rest: list[str]) -> int:
+    if name == "ctl":
+        from .control import ctl_main
+        return ctl_main(rest)
+    if name == "bench":
+        from .bench import main as bench_main
+        return bench_main(rest)
+    from . import simulator
+    return simulator.main(rest)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _OWN_PARSER:
+        try:
+            return _delegate(argv[0], argv[1:])
+        except KeyboardInterrupt:
+            return 130
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -82,11 +109,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             return cmd_run(args)
         if args.command == "demo":
             return cmd_demo(args)
-        if args.command == "simulate":
-            from . import simulator
-            return simulator.main(args.args)
         if args.command == "devices":
             return cmd_devices()
+
     except ConfigError as exc:
         print(f"soca-appliance: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -119,7 +144,7 @@ def run_appliance(cfg: Config, key: str, stop: Optional[threading.Event] = None,
     app = Appliance(cfg, events, source, key)
     notifier = Notifier(os.environ)
     stop = stop or threading.Event()
-    with _signals(stop):
+    with _signals(stop), _control(cfg, app):
         app.start()
         notifier.ready()
         if until_idle_after_input:
@@ -145,6 +170,25 @@ def make_source(cfg: Config) -> Any:
     from .microphone import Microphone
     return Microphone(cfg.mic, frame_bytes(cfg.frame_ms), cfg.mic_gain,
                       rate=cfg.mic_rate, channels=cfg.mic_channels)
+
+
+@contextlib.contextmanager
+def _control(cfg: Config, app: Any) -> Iterator[None]:
+    """The local control socket; the appliance runs without it when it cannot bind."""
+    from .control import ControlError, ControlServer, make_handler
+    server = None
+    if cfg.control_socket:
+        try:
+            server = ControlServer(cfg.control_socket, make_handler(app))
+            server.start()
+        except ControlError as exc:
+            log.warning("control socket unavailable: %s; running without it", exc)
+            server = None
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.close()
 
 
 @contextlib.contextmanager
@@ -190,7 +234,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     lang = overrides.get("lang") or "en"
     overrides.update(lang=lang, agent_id="demo-agent", gpio=overrides.get("gpio") or "mock",
-                     input=overrides.get("input") or str(_asset(f"demo-{lang}.wav")))
+                     input=overrides.get("input") or str(_asset(f"demo-{lang}.wav")),
+                     # an installed service may own the default socket: none unless asked
+                     control_socket=overrides.get("control_socket") or "")
     key = "demo-" + os.urandom(8).hex()
     note = _ensure_audio_output()
     with Simulator(expected_key=key) as sim:

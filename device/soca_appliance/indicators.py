@@ -145,10 +145,16 @@ class GpioPanel:
         self._on_press()
 
     def show(self, state: str, muted: bool) -> None:
+        if not self._devices:
+            return          # closed: a late callback from a worker thread changes nothing
         for role, pattern in led_plan(state, muted, self.rgb).items():
             device = self.pins.get(role)
-            if device is not None:
+            if device is None:
+                continue
+            try:
                 _apply(device, pattern, self.rgb, self._pwm[role])
+            except Exception as exc:  # noqa: BLE001 - an LED must never stop the appliance
+                log.warning("LED %s could not show %s: %s", role, state, exc)
 
     def close(self) -> None:
         for device in self._devices:

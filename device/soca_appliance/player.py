@@ -96,7 +96,7 @@ class Player:
         self._current: Optional[_Item] = None
         self._pending = bytearray()     # decoded PCM of the current item not yet queued
         self._ends_at = 0.0             # when what the channel holds should have played
-        self._quiet_since = time.monotonic()
+        self._quiet_since = float("-inf")     # nothing has played yet
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="player", daemon=True)
