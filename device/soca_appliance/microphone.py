@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 from .backoff import Backoff
+from .source import ThreadedSource
 from .framing import Converter, Frame, Framer
 from .protocol import SAMPLE_RATE
 
@@ -119,8 +119,9 @@ def choose_format(pa: Any, device: DeviceInfo, rate: int = 0, channels: int = 0
     return device.default_rate, device.max_input_channels
 
 
-class Microphone:
+class Microphone(ThreadedSource):
     """Captures frames from a PyAudio input on a thread of its own."""
+    thread_name = "microphone"
 
     def __init__(self, name: str = "", frame_bytes: int = 640, gain: float = 1.0,
                  on_error: Callable[[str], None] = lambda message: None,
@@ -128,6 +129,7 @@ class Microphone:
                  block_ms: int = 20, retry_initial: float = 0.5, retry_max: float = 10.0,
                  rate: int = 0, channels: int = 0) -> None:
         self.device_name = name
+        super().__init__()
         self.name = f"mic {name!r}" if name else "default mic"
         self.frame_bytes = frame_bytes
         self.gain = gain
@@ -140,21 +142,6 @@ class Microphone:
         self.overflows = 0
         self.reopens = 0
         self.opened: Optional[tuple[DeviceInfo, int, int]] = None
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self, on_frame: Callable[[Frame], None]) -> None:
-        self._thread = threading.Thread(target=self._run, args=(on_frame,), name="microphone",
-                                        daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self, timeout: float = 1.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self, on_frame: Callable[[Frame], None]) -> None:
         failing = False

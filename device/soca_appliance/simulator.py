@@ -25,7 +25,6 @@ import base64
 import collections
 import copy
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -39,6 +38,8 @@ from typing import Any, Callable, Coroutine, Optional, Union
 
 import webrtcvad
 from websockets.asyncio.server import Server, ServerConnection, serve
+
+from .config import is_loopback
 from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger("soca.simulator")
@@ -656,13 +657,6 @@ def _peer(ws: ServerConnection) -> str:
     return str(addr)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def _serve_until_signal(sim: Simulator) -> None:
@@ -702,7 +696,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not logging.getLogger().handlers and not logging.getLogger("soca").handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     log.getChild("websockets").setLevel(logging.WARNING)   # our own lines say enough
-    if not _is_loopback(args.host) and not args.allow_remote:
+    if not is_loopback(args.host) and not args.allow_remote:
         log.error("refusing to listen on %s: not a loopback address (use --allow-remote "
                   "to override; the simulator speaks unencrypted ws://)", args.host)
         return 2

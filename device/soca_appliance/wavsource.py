@@ -9,6 +9,7 @@ import wave
 from pathlib import Path
 from typing import Callable, Optional
 
+from .source import ThreadedSource
 from .framing import Converter, Frame, Framer
 
 log = logging.getLogger("soca.wavsource")
@@ -18,12 +19,15 @@ class WavSourceError(ValueError):
     pass
 
 
-class WavSource:
+class WavSource(ThreadedSource):
+    thread_name = "wav-source"
+
     def __init__(self, path: str | Path, frame_bytes: int = 640, gain: float = 1.0,
                  on_end: Optional[Callable[[], None]] = None) -> None:
         self.path = Path(path)
         self.frame_bytes = frame_bytes
         self.on_end = on_end
+        super().__init__()
         self.name = f"file {self.path.name}"
         self.frames = 0
         self.ended = threading.Event()
@@ -43,21 +47,6 @@ class WavSource:
         framer = Framer(frame_bytes)
         self._frames = framer.push(pcm + bytes(-len(pcm) % frame_bytes))
         self.duration = len(self._frames) * frame_bytes / 32000
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def start(self, on_frame: Callable[[Frame], None]) -> None:
-        self._thread = threading.Thread(target=self._run, args=(on_frame,), name="wav-source",
-                                        daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self, timeout: float = 1.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self, on_frame: Callable[[Frame], None]) -> None:
         period = self.frame_bytes / 32000
