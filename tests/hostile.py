@@ -1,0 +1,217 @@
+"""Misbehaving servers and links for the fault-injection suite (tests/test_faults.py).
+
+``HostileServer`` handshakes like the real voice-ws server (optionally over TLS) and then
+lets a test send anything: text frames that are not UTF-8, binary frames, closes with any
+code, TCP resets. ``TightProxy`` is the TCP proxy of servers.py with a small receive
+buffer, so that a stalled link fills up after a fraction of a second of audio, as it does
+on a real network where the peer has vanished. Everything listens on 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
+
+from servers import Proxy
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (closed again at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for IP 127.0.0.1 (and its key), made with the openssl CLI."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+class HostileServer:
+    """A voice-ws server whose behaviour the test drives.
+
+    ``mode`` (read at each new connection, so a test may change it to end a fault):
+    "normal" (ready + stt.ready), "auth" (auth error + close 1008), "close_after_start"
+    (close with ``close_code`` and ``close_reason`` after the start message),
+    "reset_after_start" (TCP reset after the start message), "silent" (never answers start).
+    """
+
+    def __init__(self, mode: str = "normal", close_code: int = 1011,
+                 ssl_context: Optional[ssl.SSLContext] = None, port: int = 0) -> None:
+        self.mode = mode
+        self.close_code = close_code
+        self.close_reason = "closed by the hostile server"
+        self.ssl_context = ssl_context
+        self.port = port
+        self.connection_times: list[float] = []     # time.monotonic() of each TCP accept
+        self.starts: list[dict[str, Any]] = []
+        self.frames = 0
+        self.tls_failures = 0
+        self._lock = threading.Lock()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._clients: set[Any] = set()
+        self._ready = threading.Event()
+        self._stop: Optional[asyncio.Event] = None
+        self._thread = threading.Thread(target=self._main, name="hostile-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}/voice-ws"
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self.connection_times)
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    def __enter__(self) -> "HostileServer":
+        self._thread.start()
+        if not self._ready.wait(5) or not self.port:
+            raise RuntimeError("hostile server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+    # --- what a test can make the server do ----------------------------------------
+
+    def send(self, message: Union[dict[str, Any], list[Any], str]) -> int:
+        """A text frame (a dict or list is sent as JSON) to every streaming client."""
+        payload = message if isinstance(message, str) else json.dumps(message)
+        return self._each(lambda ws: ws.send(payload))
+
+    def send_many(self, messages: list[Union[dict[str, Any], str]]) -> int:
+        """Many text frames, back to back, in one trip to the server's loop."""
+        payloads = [m if isinstance(m, str) else json.dumps(m) for m in messages]
+
+        async def burst(ws: Any) -> None:
+            for payload in payloads:
+                await ws.send(payload)
+        return self._each(burst)
+
+    def send_text_bytes(self, payload: bytes) -> int:
+        """A TEXT frame carrying ``payload`` as is: it need not be valid UTF-8."""
+        return self._each(lambda ws: ws.send(payload, text=True))
+
+    def send_binary(self, payload: bytes) -> int:
+        return self._each(lambda ws: ws.send(payload))
+
+    def close_clients(self, code: int = 1000, reason: str = "") -> int:
+        return self._each(lambda ws: ws.close(code, reason))
+
+    def reset_clients(self) -> int:
+        """An abrupt TCP reset (RST, no close frame)."""
+        async def reset(ws: Any) -> None:
+            _rst(ws)
+        return self._each(reset)
+
+    def _each(self, make: Any) -> int:
+        assert self._loop is not None
+        clients = list(self._clients)
+        for ws in clients:
+            asyncio.run_coroutine_threadsafe(make(ws), self._loop).result(10)
+        return len(clients)
+
+    # --- the server ----------------------------------------------------------------
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._loop_error)
+        self._stop = asyncio.Event()
+        async with serve(self._handle, "127.0.0.1", self.port, ssl=self.ssl_context,
+                         max_size=None, ping_interval=None, compression=None,
+                         close_timeout=1.0) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), ssl.SSLError):
+            self.tls_failures += 1             # the client refused our certificate
+            return
+        loop.default_exception_handler(context)
+
+    async def _handle(self, ws: Any) -> None:
+        with self._lock:
+            self.connection_times.append(time.monotonic())
+        try:
+            start = json.loads(await ws.recv())
+            with self._lock:
+                self.starts.append(start)
+            mode = self.mode
+            if mode == "auth":
+                await ws.send(json.dumps({"type": "error",
+                                          "message": "Invalid or expired token"}))
+                await ws.close(1008, "Invalid or expired token")
+                return
+            if mode == "close_after_start":
+                await ws.close(self.close_code, self.close_reason)
+                return
+            if mode == "reset_after_start":
+                _rst(ws)
+                return
+            if mode != "silent":
+                await ws.send(json.dumps({"type": "ready", "session_id": start.get("session_id")}))
+                await ws.send(json.dumps({"type": "stt.ready"}))
+            self._clients.add(ws)
+            async for message in ws:
+                if isinstance(message, bytes):
+                    with self._lock:
+                        self.frames += 1
+        except ConnectionClosed:
+            pass
+        finally:
+            self._clients.discard(ws)
+
+
+def _rst(ws: Any) -> None:
+    sock = ws.transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    ws.transport.abort()
+
+
+class TightProxy(Proxy):
+    """servers.Proxy whose accepted sockets have a small receive buffer: when stalled, the
+    link stops taking bytes after a few KB, like a real link whose far end vanished."""
+
+    def __init__(self, target_port: int, rcvbuf: int = 4096) -> None:
+        super().__init__(target_port)
+        self._listener.close()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Set before listen(): accepted sockets inherit it and advertise a small window.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.1)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
