@@ -249,8 +249,6 @@ def test_close_mid_start_then_recovers() -> None:
         assert_backs_to_ready(h, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="link.py _handshake: a close during start is "
-                   "reported with code null; the code is only inside the reason text")
 def test_close_mid_start_reports_the_close_code() -> None:
     with HostileServer(mode="close_after_start", close_code=1011) as server, \
             Harness(server.url) as h:
@@ -380,9 +378,6 @@ def test_stalled_link_while_frames_keep_coming_stays_bounded(monkeypatch) -> Non
         assert h.app.link.stats.connects == 1
 
 
-@pytest.mark.xfail(strict=True, reason="link.py _send_loop: the ping watchdog runs on the "
-                   "link-tx thread, which is blocked in send() once the socket buffer is full "
-                   "(no send timeout after the handshake): the half-open link is never found")
 def test_half_open_link_with_full_send_buffer_is_detected(monkeypatch) -> None:
     _tight_link(monkeypatch)
     with HostileServer() as server, TightProxy(server.port) as proxy:
@@ -405,8 +400,6 @@ def test_half_open_link_with_full_send_buffer_is_detected(monkeypatch) -> None:
             h.close()
 
 
-@pytest.mark.xfail(strict=True, reason="link.py Link.close: send_close() waits for the "
-                   "websocket lock held by the link-tx thread blocked in send(); shutdown hangs")
 def test_shutdown_with_send_blocked_finishes(monkeypatch) -> None:
     _tight_link(monkeypatch)
     with HostileServer() as server, TightProxy(server.port) as proxy:
@@ -428,9 +421,6 @@ def test_shutdown_with_send_blocked_finishes(monkeypatch) -> None:
                 h.close()
 
 
-@pytest.mark.xfail(strict=True, reason="link.py Link.close: send_close() sets "
-                   "ws.connected=False, so the later ws.abort() is a no-op and the link "
-                   "thread stays blocked in recv() (no timeout) on a half-open link")
 def test_shutdown_on_half_open_link_stops_the_link_threads() -> None:
     with HostileServer() as server, Proxy(server.port) as proxy:
         h = Harness(proxy.url(), ping_interval=30.0, ping_timeout=20.0).__enter__()
@@ -711,9 +701,6 @@ def test_wss_verifies_the_certificate(tmp_path: Path) -> None:
         assert len(server.starts) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="protocol.py _printable cuts a bad field's value to "
-                   "40 characters before the Redactor (events.py) sees it: the Redactor only "
-                   "masks the whole key, so a long key echoed by the server leaks its first 36")
 def test_long_key_echoed_in_a_bad_field_is_not_logged_even_in_part() -> None:
     long_key = "sk-live-" + "a1b2c3d4e5f6" * 5                  # 68 characters
     with HostileServer() as server, Harness(server.url, key=long_key) as h:

@@ -102,6 +102,9 @@ def setup_logging(events: EventLog, level: str = "info", stream: Optional[TextIO
     """Route the ``soca`` loggers: to stderr for people, into the event log for JSON."""
     root = logging.getLogger("soca")
     root.handlers.clear()
+    # Our handler is the only one that sees appliance records: a handler some host program
+    # put on the root logger would print them unredacted.
+    root.propagate = False
     root.setLevel(level.upper())
     handler: logging.Handler
     if events.fmt == "json":

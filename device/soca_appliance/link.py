@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 import struct
 import threading
@@ -121,9 +122,10 @@ class _Outbox:
 
 
 class _Handshake(Exception):
-    def __init__(self, message: str, auth: bool = False) -> None:
+    def __init__(self, message: str, auth: bool = False, code: Optional[int] = None) -> None:
         super().__init__(message)
         self.auth = auth
+        self.code = code
 
 
 class Link:
@@ -176,13 +178,17 @@ class Link:
         self._streaming.clear()
         ws = self._current()
         if ws is not None:
-            with contextlib.suppress(websocket.WebSocketException, OSError):
-                ws.send_close(NORMAL_CLOSE)
+            # The close frame goes from a helper thread: link-tx may hold the socket's
+            # lock, blocked in a send on a dead link, and shutdown must not wait for it.
+            closer = threading.Thread(target=_send_close, args=(ws,), name="link-close",
+                                      daemon=True)
+            closer.start()
+            closer.join(timeout / 4)
         self._outbox.wake()
-        self._rx.join(timeout / 2)
+        self._rx.join(timeout / 4)
         self._abort()                          # the server did not answer the close: cut
-        self._rx.join(timeout / 2)
-        self._tx.join(timeout / 2)
+        self._rx.join(timeout / 4)
+        self._tx.join(timeout / 4)
 
     def alive(self) -> bool:
         return self._rx.is_alive() and self._tx.is_alive()
@@ -223,7 +229,9 @@ class Link:
             if self._closing.is_set():
                 return NORMAL_CLOSE, "shutdown", 0.0
             self._handshake(ws)
-            ws.settimeout(None)       # from here the tx thread's ping watchdog bounds silence
+            # Pongs arrive every ping_interval: longer silence on receive, or a send that
+            # cannot complete for as long, means the link is dead.
+            ws.settimeout(self.settings.ping_interval + self.settings.ping_timeout)
             up_since = time.monotonic()
             self.stats.connects += 1
             self._last_rx = up_since
@@ -232,7 +240,7 @@ class Link:
             return (*self._receive(ws), time.monotonic() - up_since)
         except _Handshake as exc:
             self._auth_failed = exc.auth
-            return None, str(exc), 0.0
+            return exc.code, str(exc), 0.0
         except websocket.WebSocketBadStatusException as exc:
             return None, f"server refused the upgrade: HTTP {exc.status_code}", 0.0
         except ssl.SSLError as exc:
@@ -256,7 +264,8 @@ class Link:
                                  f"{s.connect_timeout:g} s") from None
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 code, reason = _close_status(frame.data)
-                raise _Handshake(f"server closed during start ({code} {reason})".strip())
+                raise _Handshake(f"server closed during start ({code} {reason})".strip(),
+                                 code=code)
             if opcode != websocket.ABNF.OPCODE_TEXT:
                 continue
             message = self._parse(frame.data)
@@ -272,7 +281,12 @@ class Link:
     def _receive(self, ws: websocket.WebSocket) -> tuple[Optional[int], str]:
         binary_warned = False
         while True:
-            opcode, frame = ws.recv_data_frame(True)
+            try:
+                opcode, frame = ws.recv_data_frame(True)
+            except websocket.WebSocketTimeoutException:
+                silent = self.settings.ping_interval + self.settings.ping_timeout
+                log.warning("no reply from the server for %.0f s: the link is dead", silent)
+                return None, "link dead (no reply to pings)"
             self._last_rx = time.monotonic()
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 return _close_status(frame.data)
@@ -343,8 +357,17 @@ class Link:
 
     def _abort(self) -> None:
         ws = self._current()
-        if ws is not None:
-            ws.abort()           # wakes the receiving thread, which then reconnects
+        sock = getattr(ws, "sock", None)
+        if sock is not None:
+            # Shut the socket down directly (ws.abort() does nothing once a close frame
+            # was sent): wakes the receiving thread and frees a blocked send.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _send_close(ws: websocket.WebSocket) -> None:
+    with contextlib.suppress(websocket.WebSocketException, OSError):
+        ws.send_close(NORMAL_CLOSE)
 
 
 def _close_status(data: bytes) -> tuple[int, str]:

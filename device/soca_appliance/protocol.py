@@ -209,6 +209,10 @@ def _opt_str(obj: dict[str, Any], key: str) -> Optional[str]:
 
 
 def _printable(value: Any, limit: int = 40) -> str:
+    # A long string is described, not quoted: a server echoing the key in a wrong field
+    # must not put even part of it in a log line.
+    if isinstance(value, str) and len(value) > 16:
+        return f"a string of {len(value)} characters"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
