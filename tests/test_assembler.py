@@ -521,3 +521,14 @@ def test_property_nothing_of_seq_1_plays_after_the_first_seq_2_message(
     for s in released_new:
         assert s.mp3 == original(new_sents[s.sentence_id])
     assert asm.pending == 0
+
+
+class TestWarningLimiter:
+    def test_bursts_are_capped_and_the_rest_counted(self) -> None:
+        from soca_appliance.appliance import WarningLimiter
+        limiter = WarningLimiter(burst=3, window=10.0)
+        verdicts = [limiter.allow(0.0 + i * 0.01) for i in range(10)]
+        assert [v[0] for v in verdicts] == [True] * 3 + [False] * 7
+        assert limiter.suppressed == 7
+        allowed, held = limiter.allow(10.5)       # a new window says what it held back
+        assert allowed and held == 7 and limiter.suppressed == 0

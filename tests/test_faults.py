@@ -550,11 +550,12 @@ def test_thousands_of_open_sentences_stay_capped(monkeypatch) -> None:
             tracemalloc.stop()
             h.keep_records = True
             h.events.stream = h.out
-        assert sink.lines >= 5000 - cap and not sink.leaked
+        assert 1 <= sink.lines <= 25 and not sink.leaked     # the flood is rate-limited
         # 32 open sentences of 1 KB and a capped memory of dropped ones
         assert grown < 256 * 1024, f"{grown} bytes held by the appliance"
         assert h.app.assembler.dropped_sentences >= 5000 - cap
-        assert h.warnings - warnings >= 5000 - cap       # each drop said so
+        # the first drops are logged, the rest only counted, not a line each
+        assert 1 <= h.warnings - warnings <= 25
         # They expire; a real sentence plays afterwards.
         wait_for(lambda: h.app.assembler.pending == 0, timeout=5)
         h.send_sentence(server, 1, 9999, "after the flood")

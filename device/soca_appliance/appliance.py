@@ -32,6 +32,29 @@ log = logging.getLogger("soca.appliance")
 HALF_DUPLEX_SETTLE_S = 0.3     # the room's echo dies down this long after the speaker stops
 
 
+class WarningLimiter:
+    """At most ``burst`` warnings per ``window`` seconds: a hostile server flooding bad
+    sentences must not flood the journal too. Says how many it held back."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
+        self.burst, self.window = burst, window
+        self._start = float("-inf")
+        self._count = 0
+        self.suppressed = 0
+
+    def allow(self, now: float) -> tuple[bool, int]:
+        """(log this one?, warnings held back in the window that just ended)."""
+        held = 0
+        if now - self._start >= self.window:
+            held, self.suppressed = self.suppressed, 0
+            self._start, self._count = now, 0
+        self._count += 1
+        if self._count > self.burst:
+            self.suppressed += 1
+            return False, held
+        return True, held
+
+
 class Source(Protocol):
     name: str
 
@@ -69,6 +92,7 @@ class Appliance:
         self._shown: Optional[str] = None
         self._answered_seq = -1
         self._stopping = threading.Event()
+        self._limiter = WarningLimiter()
         self.assembler = Assembler(cfg.max_sentence_bytes, cfg.max_pending_sentences,
                                    cfg.sentence_timeout, cfg.progressive_playback)
         self.gate = VadGate(cfg.vad_aggressiveness, cfg.frame_ms) if cfg.vad else None
@@ -220,6 +244,7 @@ class Appliance:
             self.events.emit("disconnected", code=code, reason=reason, retry_in=retry_in)
             self._apply(self.assembler.reset())
             if auth:
+                self.events.emit("error", message=f"authentication refused: {reason}")
                 self._fault("auth", True)
             self._set("connecting")
 
@@ -270,7 +295,11 @@ class Appliance:
 
     def _apply(self, outcome: Outcome) -> None:
         for warning in outcome.warnings:
-            log.warning("%s", warning)
+            allowed, held = self._limiter.allow(time.monotonic())
+            if held:
+                log.warning("%d more sentence warnings were not logged", held)
+            if allowed:
+                log.warning("%s", warning)
         if outcome.barge_to is not None:
             self.player.stop_before(outcome.barge_to, "barge")
         for key in outcome.aborted:
