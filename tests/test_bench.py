@@ -1,0 +1,91 @@
+"""The benchmark runs end to end and reports every figure. No timing is asserted: the
+machines that run tests are noisy; BENCHMARKS.md holds measured numbers."""
+from __future__ import annotations
+
+import json
+import math
+from numbers import Real
+from typing import Any
+
+import pytest
+
+from soca_appliance import bench
+
+SECTIONS = {
+    "uplink": [("latency_ms", "p50"), ("latency_ms", "p99"), ("latency_ms", "max"),
+               ("send_jitter_ms", "p99"), ("server_jitter_ms", "p99"), ("frames_sent",),
+               ("frames_dropped_not_ready",), ("frames_dropped_full",),
+               ("latency_in_process_ms", "p99")],
+    "barge": [("server_ms", "p50"), ("server_ms", "p99"), ("button_ms", "p50"),
+              ("button_ms", "p99"), ("mixer_buffer", "samples"), ("mixer_buffer", "ms")],
+    "playback": [("sentence_start_ms", "p50"), ("sentence_start_ms", "p99")],
+    "startup": [("median_s",), ("first_event_median_s",)],
+    "cost": [("cpu_pct_streaming",), ("cpu_s_per_min",), ("cpu_pct_idle_streaming",),
+             ("peak_rss_mb",), ("threads_max",)],
+    "control": [("handoff_ms", "p99")],
+}
+
+
+def _dig(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        doc = doc[key]
+    return doc
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_quick_bench_reports_every_section(capsys: pytest.CaptureFixture[str]) -> None:
+    code = bench.main(["--json", "--quick"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)                    # stdout is exactly one JSON document
+    assert report["errors"] == []
+    for section, paths in SECTIONS.items():
+        for path in paths:
+            value = _dig(report[section], path)
+            assert _is_number(value), f"{section}.{'.'.join(path)} = {value!r}"
+    assert report["barge"]["server_ms"]["n"] >= 3 and report["barge"]["button_ms"]["n"] >= 3
+    assert report["uplink"]["frames_sent"] > 0
+    assert report["startup"]["n"] >= 1
+    # every target has a value and a verdict, and the table (on stderr) shows them
+    for name in ("uplink_p99_ms", "barge_server_p99_ms", "barge_button_p99_ms",
+                 "sentence_start_p99_ms", "cpu_streaming_pct", "peak_rss_mb",
+                 "startup_median_s"):
+        assert isinstance(report["targets"][name]["pass"], bool)
+    assert "PASS" in err or "MISS" in err
+    assert "bench: run 1/1" in err              # progress lines
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [i / 1000 for i in range(1, 101)]           # 1..100 ms
+    s = bench.summary(values)
+    assert (s["n"], s["p50"], s["p99"], s["max"]) == (100, 50.0, 99.0, 100.0)
+    assert bench.summary([])["p99"] is None
+    j = bench.jitter([0.0, 0.02, 0.04, 0.1])              # one 60 ms gap
+    assert j["gaps"] == 1 and j["max"] == pytest.approx(40.0)
+
+
+@pytest.mark.slow
+def test_soak_samples_memory_threads_and_fds(capsys: pytest.CaptureFixture[str]) -> None:
+    code = bench.main(["--json", "--minutes", "0.5", "--sample-every", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    soak = json.loads(out)["soak"]
+    for key in ("rss_growth_mb", "rss_growth_mb_per_10min", "threads_max", "fd_growth",
+                "peak_rss_mb", "cpu_pct"):
+        assert _is_number(soak[key]), key
+    assert soak["turns"] >= 1 and soak["samples"] >= 10
+
+
+@pytest.mark.slow
+def test_compare_progressive(capsys: pytest.CaptureFixture[str]) -> None:
+    code = bench.main(["--json", "--quick", "--compare-progressive"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    progressive = json.loads(out)["progressive"]
+    if bench.has_progressive():
+        assert _is_number(progressive["off"]["p50"]) and _is_number(progressive["on"]["p50"])
+    else:
+        assert "skipped" in progressive
