@@ -239,6 +239,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                      control_socket=overrides.get("control_socket") or "")
     key = "demo-" + os.urandom(8).hex()
     note = _ensure_audio_output()
+    # The simulator's websockets library chats at INFO; the demo shows the conversation.
+    logging.getLogger("soca.simulator.websockets").setLevel(logging.WARNING)
     with Simulator(expected_key=key) as sim:
         overrides["url"] = sim.url
         cfg = config.load(args.config or _no_file(), overrides=overrides)
@@ -262,9 +264,11 @@ def _ensure_audio_output() -> str:
     """Use the speaker if SDL can open one; otherwise SDL's dummy driver, said in one line."""
     if os.environ.get("SDL_AUDIODRIVER"):
         return ""
+    from .microphone import quiet_stderr
     from .player import pygame
     try:
-        pygame.mixer.init()
+        with quiet_stderr():        # SDL's ALSA backend lists every missing card
+            pygame.mixer.init()
         pygame.mixer.quit()
         return ""
     except pygame.error:

@@ -29,6 +29,7 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")   # no banner on the ki
 import pygame  # noqa: E402
 
 from .assembler import Piece, Sentence  # noqa: E402
+from .microphone import quiet_stderr  # noqa: E402
 
 log = logging.getLogger("soca.player")
 
@@ -245,7 +246,9 @@ class Player:
 
     def _open_output(self) -> bool:
         try:
-            pygame.mixer.init(frequency=self.frequency, size=-16, channels=1, buffer=self.buffer)
+            with quiet_stderr():    # SDL's ALSA backend prints pages about missing cards
+                pygame.mixer.init(frequency=self.frequency, size=-16, channels=1,
+                                  buffer=self.buffer)
             pygame.mixer.set_num_channels(2)
             freq, _fmt, channels = pygame.mixer.get_init()
         except pygame.error as exc:
@@ -254,7 +257,7 @@ class Player:
         driver = os.environ.get("SDL_AUDIODRIVER") or "SDL default"
         with self._cond:
             self.info = OutputInfo(freq, channels, self.buffer, driver)
-        log.info("audio output open: %d Hz, %d channel(s), buffer %d samples (%.1f ms), "
+        log.debug("audio output open: %d Hz, %d channel(s), buffer %d samples (%.1f ms), "
                  "driver %s", freq, channels, self.buffer, self.info.buffer_ms, driver)
         self.cb.on_output(self.info)
         return True
