@@ -88,9 +88,10 @@ def manifest_turn(lang: str = "en", turn: int = 0) -> dict[str, Any]:
     return json.loads((ASSETS / "manifest.json").read_text())[lang][turn]
 
 
-def test_full_turn(sim: Simulator) -> None:
+@pytest.mark.parametrize("progressive", [True, False])
+def test_full_turn(sim: Simulator, progressive: bool) -> None:
     turn = manifest_turn()
-    with Harness(sim) as h:
+    with Harness(sim, progressive_playback=progressive) as h:
         h.wait("connected")
         final = h.wait("transcript", final=True)[0]
         assert final["text"] == turn["you"]
@@ -98,7 +99,9 @@ def test_full_turn(sim: Simulator) -> None:
         assert [p["text"] for p in plays] == [s["text"] for s in turn["agent"]]
         assert all(p["seq"] == 1 for p in plays)
         for play, sentence in zip(plays, turn["agent"]):
-            assert play["bytes"] == (ASSETS / sentence["file"]).stat().st_size
+            size = (ASSETS / sentence["file"]).stat().st_size
+            # progressive: it started with part of the sentence in hand
+            assert 0 < play["bytes"] <= size if progressive else play["bytes"] == size
         h.wait("answer", seq=1)
         wait_for(lambda: h.app.idle(), 15)
         states = h.states()
@@ -221,3 +224,20 @@ def test_frames_before_stt_ready_are_dropped_not_queued(sim: Simulator) -> None:
         assert sim.stats()["frames_received"] <= captured - dropped
     finally:
         h.app.shutdown()
+
+
+def test_progressive_sentence_cut_short_is_stopped_as_dropped(sim: Simulator) -> None:
+    mp3 = (ASSETS / manifest_turn()["agent"][1]["file"]).read_bytes()
+    with Harness(sim, wav=ASSETS / "chime.wav", progressive_playback=True) as h:
+        h.wait("connected")
+        messages = sentence_messages(4, 77, mp3, "half a sentence", chunks=6)
+        for msg in messages[:3]:                    # ~1 s of audio, then nothing more
+            sim.inject(msg)
+        h.wait("sentence.play", sentence_id=77)
+        sim.inject({"stepType": "final_answer", "seq": 4, "isFinal": True,
+                    "fullResponse": {"answers": [{"output": "half a sentence"}]}})
+        stop = h.wait("sentence.stop", sentence_id=77)[0]
+        assert stop["reason"] == "dropped"
+        wait_for(lambda: h.app.idle(), 10)
+        logs = [e["message"] for e in h.events_of("log")]
+        assert any("incomplete at the final answer" in m for m in logs)

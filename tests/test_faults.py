@@ -258,7 +258,8 @@ def test_close_mid_start_reports_the_close_code() -> None:
 
 def test_closed_mid_sentence_never_plays_it() -> None:
     chunks = sentence_messages(2, 70, MP3, "half a sentence", chunks=6)
-    with HostileServer() as server, Harness(server.url) as h:
+    # collect-then-play: a sentence cut short never starts (progressive: tested apart)
+    with HostileServer() as server, Harness(server.url, progressive_playback=False) as h:
         assert_backs_to_ready(h, 1)
         for msg in chunks[:3]:
             server.send(msg)
@@ -510,7 +511,8 @@ def test_ten_megabyte_message_is_rejected_by_size() -> None:
 
 def test_sentence_that_never_completes_expires_and_later_ones_play() -> None:
     parts = sentence_messages(1, 10, MP3, "never finished", chunks=4)
-    with HostileServer() as server, Harness(server.url, sentence_timeout=1.0) as h:
+    with HostileServer() as server, Harness(server.url, sentence_timeout=1.0,
+                                             progressive_playback=False) as h:
         assert_backs_to_ready(h, 1)
         server.send(parts[0])
         server.send(parts[1])
@@ -528,7 +530,8 @@ def test_thousands_of_open_sentences_stay_capped(monkeypatch) -> None:
     # pytest's log capture (on the root logger) would hold every record: not the appliance
     monkeypatch.setattr(logging.getLogger("soca"), "propagate", False)
     b64 = base64.b64encode(MP3[:1000]).decode()
-    with HostileServer() as server, Harness(server.url, sentence_timeout=1.0) as h:
+    with HostileServer() as server, Harness(server.url, sentence_timeout=1.0,
+                                             progressive_playback=False) as h:
         assert_backs_to_ready(h, 1)
         cap = h.cfg.max_pending_sentences
         h.keep_records = False          # the harness must not hold the 5000 log lines itself,

@@ -270,9 +270,8 @@ class Appliance:
                 self._maybe_ready()
             elif isinstance(msg, Barge):
                 self.counters.barges_server += 1
+                self._apply(self.assembler.barge(msg.seq))      # silence first, then talk
                 self.events.emit("barge", seq=msg.seq, source="server", reason=msg.reason)
-                outcome = self.assembler.barge(msg.seq)
-                self._apply(outcome)
                 # A speech barge means the user is talking; "manual" only acknowledges
                 # the button's barge, after which the appliance is simply ready.
                 if msg.reason != "manual" and self._conv in ("speaking", "thinking", "ready"):
@@ -366,9 +365,9 @@ class Appliance:
             if self.player.busy or self._conv in ("speaking", "thinking"):
                 self.counters.barges_button += 1
                 seq = self.assembler.current_seq
-                self.events.emit("barge", seq=seq, source=source)
-                self.player.stop_all("button")
+                self.player.stop_all("button")                  # silence first, then talk
                 self.assembler.interrupt()
+                self.events.emit("barge", seq=seq, source=source)
                 self.link.send_control(protocol.barge_message())
                 self._set("ready")
                 return "barged"

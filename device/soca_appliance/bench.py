@@ -460,7 +460,10 @@ def _conversation(out: dict[str, Any], barges: int, presses: int, rng: random.Ra
                   mp3s: list[bytes], frame_ms: int) -> None:
     from .simulator import Simulator
     with _quiet_soca_logging(), Simulator(expected_key=KEY) as sim, \
-            InProcess(sim, SPEECH_WAV, frame_ms=frame_ms) as h:
+            InProcess(sim, SPEECH_WAV, frame_ms=frame_ms,
+                      # "sentence complete -> audio starts" is the collect-then-play path;
+                      # progressive playback is measured by --compare-progressive
+                      progressive_playback=False) as h:
         app = h.app
         _, audio = h.wait("audio.output", timeout=10)
         out["mixer"] = {k: audio[k] for k in ("frequency", "buffer", "buffer_ms", "driver")}

@@ -69,7 +69,7 @@ class Config:
     duplex: str = "half"
     # audio down
     mixer_buffer: int = 512
-    progressive_playback: bool = False
+    progressive_playback: bool = True
     max_sentence_bytes: int = 1 << 20
     max_pending_sentences: int = 32
     sentence_timeout: float = 15.0

@@ -83,8 +83,10 @@ class _Item:
 
 class Player:
     def __init__(self, callbacks: Optional[PlayerCallbacks] = None, *, frequency: int = 22050,
-                 buffer: int = 512, max_queue: int = 32, retry_s: float = 5.0) -> None:
+                 buffer: int = 512, max_queue: int = 32, retry_s: float = 5.0,
+                 prebuffer_s: float = 0.25) -> None:
         self.cb = callbacks or PlayerCallbacks()
+        self.prebuffer_s = prebuffer_s      # progressive: audio in hand before starting
         self.frequency = frequency
         self.buffer = buffer
         self.max_queue = max_queue
@@ -291,7 +293,7 @@ class Player:
             if pcm is not None:
                 # Keep back the last 50 ms of an incomplete sentence: the next, longer
                 # decode is the authority on how its tail sounds.
-                hold = 0 if complete else int(self.info.frequency * 0.05) * 2 * self.info.channels
+                hold = 0 if complete else self._pcm_bytes(0.05)
                 end = max(item.emitted, len(pcm) - hold)
                 self._pending += pcm[item.emitted:end]
                 item.emitted = end
@@ -315,6 +317,9 @@ class Player:
         """Hand pending PCM to the channel (lock held). True when the sentence starts."""
         if not self._pending:
             return False
+        if (not item.started and not item.complete
+                and len(self._pending) < self._pcm_bytes(self.prebuffer_s)):
+            return False                     # a little in hand first, against network jitter
         channel = pygame.mixer.Channel(SPEECH_CHANNEL)
         if channel.get_queue() is not None:
             return False                     # the channel already holds the next piece
@@ -336,7 +341,7 @@ class Player:
     def _wait(self, item: _Item, complete: bool) -> bool:
         """Sleep until there is something to do (lock held). True when the queue drained."""
         remaining = self._ends_at - time.monotonic()
-        if self._pending:
+        if self._pending and item.started:
             self._cond.wait(min(0.01, max(remaining, 0.001)))   # a queue slot frees soon
             return False
         if not complete or item.stale():
@@ -351,6 +356,10 @@ class Player:
         self._current = None
         self._quiet_since = time.monotonic()
         return not self._queue
+
+    def _pcm_bytes(self, seconds: float) -> int:
+        assert self.info is not None
+        return int(self.info.frequency * seconds) * 2 * self.info.channels
 
     def _drop_current(self) -> None:
         # Called with the lock held, for a complete sentence that did not decode.
