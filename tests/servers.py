@@ -33,6 +33,7 @@ class RecordingServer:
         self.received = Received()
         self.connections = 0
         self.starts: list[dict[str, Any]] = []
+        self.close_codes: list[Optional[int]] = []
         self.port = 0
         self._lock = threading.Lock()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -115,6 +116,9 @@ class RecordingServer:
             pass
         finally:
             self._clients.discard(ws)
+            await ws.wait_closed()
+            with self._lock:
+                self.close_codes.append(ws.close_code)
 
 
 class Proxy:

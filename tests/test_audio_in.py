@@ -3,8 +3,10 @@ resampling, device loss, VAD gating on the wire, and the half/full duplex echo p
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import wave
 from pathlib import Path
@@ -253,3 +255,27 @@ def test_vad_gates_frames_and_sends_stop_once_per_utterance(tmp_path: Path) -> N
     assert sent < total * 0.9                  # silence between utterances was not sent
     assert app.gate is not None and app.gate.utterances == 2
     assert sum(1 for r in records if r["event"] == "state" and r["state"] == "listening") >= 1
+
+
+def test_shutdown_closes_the_link_with_1000(tmp_path: Path) -> None:
+    wav = _write_wav(tmp_path / "quiet.wav", np.zeros(RATE))
+    with RecordingServer() as server:
+        app, records = _app(server, wav)
+        app.start()
+        try:
+            wait_for(lambda: len(server.frames()) > 5)
+        finally:
+            app.shutdown()
+        wait_for(lambda: server.close_codes)
+    assert server.close_codes == [1000]
+
+
+def test_devices_lists_inputs_with_native_formats_and_no_alsa_noise(alsa_mic) -> None:
+    alsa_mic(pcm16(tone(500, 0.2, 48000)), 48000, 2)
+    proc = subprocess.run([sys.executable, "-m", "soca_appliance", "devices"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ})
+    assert proc.returncode == 0, proc.stderr
+    line = next(l for l in proc.stdout.splitlines() if l.endswith("testmic"))
+    assert "48000" in line
+    assert "ALSA lib" not in proc.stderr and "Traceback" not in proc.stderr
