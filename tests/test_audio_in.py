@@ -279,3 +279,25 @@ def test_devices_lists_inputs_with_native_formats_and_no_alsa_noise(alsa_mic) ->
     line = next(l for l in proc.stdout.splitlines() if l.endswith("testmic"))
     assert "48000" in line
     assert "ALSA lib" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_muting_mid_utterance_ends_it_with_stop(tmp_path: Path) -> None:
+    speech = _speech("Please turn the music down a little", tmp_path)
+    wav = _write_wav(tmp_path / "talk.wav",
+                     np.concatenate([np.zeros(int(0.6 * RATE)), speech, np.zeros(4 * RATE)]))
+    with RecordingServer() as server:
+        app, records = _app(server, wav, vad=True)
+        app.start()
+        try:
+            wait_for(lambda: app.gate is not None and app.gate.active, 10)
+            app.set_muted(True)
+            wait_for(lambda: [t["type"] for t in server.texts()] == ["stop"])
+            # frames already in the outbox when muting may still land: count from 200 ms on
+            wait_for(lambda: app.counters.frames_muted > 10)
+            sent = len(server.frames())
+            wait_for(lambda: app.counters.frames_muted > 50)
+            assert len(server.frames()) == sent          # nothing reaches the server muted
+        finally:
+            app.shutdown()
+    assert [t["type"] for t in server.texts()] == ["stop"]
+    assert [r["muted"] for r in records if r["event"] == "mute"] == [True]

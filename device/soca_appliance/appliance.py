@@ -382,5 +382,8 @@ class Appliance:
             if muted == self.muted:
                 return
             self.muted = muted
+            if muted and self.gate is not None and self.gate.active:
+                self.gate.reset()           # the utterance ends here: let the server know
+                self.link.send_control(protocol.stop_message())
             self.events.emit("mute", muted=muted)
             self.panel.show(self.state, muted)      # the privacy glow, same state
