@@ -15,15 +15,16 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 ASSETS = Path(__file__).resolve().parent.parent / "device" / "soca_appliance" / "assets"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01):
-    """Poll a concrete condition until it holds; fail loudly when it never does."""
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition",
+             interval: float = 0.01):
+    """Poll a concrete condition until it holds; fail loudly, naming it, when it never does."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
 
 

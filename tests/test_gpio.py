@@ -24,24 +24,14 @@ from soca_appliance import config
 from soca_appliance.config import Leds
 from soca_appliance.indicators import OFF, STATES, GpioPanel, NoPanel, Pattern, led_plan, make_panel
 
+from conftest import wait_for
+
 ASSETS = Path(__file__).resolve().parent.parent / "device" / "soca_appliance" / "assets"
 DEMO_WAV = ASSETS / "demo-en.wav"
 DISCRETE = Leds(ready=5, listening=6, speaking=13, error=19)
 RGB = Leds(rgb=(22, 23, 24))
 BUTTON = 17
 ROLES = ("ready", "listening", "speaking", "error")
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``pred`` until it is truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def blinking(device: Any) -> bool:
