@@ -118,7 +118,7 @@ class Assembler:
 
     def _add(self, chunk: SentenceChunk, now: float, out: Outcome) -> None:
         key: Key = (chunk.seq, chunk.sentence_id)
-        if chunk.seq < self.current_seq or chunk.seq <= self.interrupted_through:
+        if not self.playable(chunk.seq):
             self.dropped_chunks += 1
             return
         if key in self._closed:

@@ -4,8 +4,9 @@ Owns two threads. ``link`` connects, sends ``start``, waits for ``ready`` and
 ``stt.ready``, then receives and parses server messages until the connection ends, and
 reconnects with exponential backoff and jitter (slowly after an authentication error).
 ``link-tx`` is the only thread that writes to the socket: it drains a bounded outbox
-(control messages first, then audio frames, the oldest audio dropped when full), sends
-keepalive pings and declares the link dead when nothing came back in time.
+(control messages first, then audio frames, the oldest audio dropped when full) and sends
+keepalive pings. The socket's timeout (ping interval + ping timeout) declares the link dead
+when nothing came back in time, or when a send cannot complete for as long.
 
 Mic frames offered before ``stt.ready`` are dropped and counted, never queued: stale speech
 must not reach the agent late. The private key is only ever inside the start message.
@@ -142,7 +143,6 @@ class Link:
         self._ws_lock = threading.Lock()
         self._streaming = threading.Event()
         self._closing = threading.Event()
-        self._last_rx = time.monotonic()
         self._auth_failed = False
         self._rx = threading.Thread(target=self._run, name="link", daemon=True)
         self._tx = threading.Thread(target=self._send_loop, name="link-tx", daemon=True)
@@ -234,7 +234,6 @@ class Link:
             ws.settimeout(self.settings.ping_interval + self.settings.ping_timeout)
             up_since = time.monotonic()
             self.stats.connects += 1
-            self._last_rx = up_since
             self._streaming.set()
             self.cb.on_connected(self.session_id)
             return (*self._receive(ws), time.monotonic() - up_since)
@@ -287,7 +286,6 @@ class Link:
                 silent = self.settings.ping_interval + self.settings.ping_timeout
                 log.warning("no reply from the server for %.0f s: the link is dead", silent)
                 return None, "link dead (no reply to pings)"
-            self._last_rx = time.monotonic()
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 return _close_status(frame.data)
             if opcode == websocket.ABNF.OPCODE_BINARY:
@@ -297,7 +295,7 @@ class Link:
                     binary_warned = True
                 continue
             if opcode != websocket.ABNF.OPCODE_TEXT:
-                continue                         # pongs: _last_rx is all they are for
+                continue                # pongs: arriving at all resets the socket timeout
             message = self._parse(frame.data)
             if message is None:
                 continue
@@ -343,10 +341,6 @@ class Link:
                 if now >= next_ping:
                     ws.ping()
                     next_ping = now + self.settings.ping_interval
-                silent = now - self._last_rx
-                if silent > self.settings.ping_interval + self.settings.ping_timeout:
-                    log.warning("no reply from the server for %.1f s: the link is dead", silent)
-                    self._abort()
             except (websocket.WebSocketException, OSError) as exc:
                 log.info("send failed (%s); reconnecting", _describe(exc))
                 self._abort()
