@@ -140,6 +140,15 @@ class TestServerMessages:
     def test_barge_without_reason(self) -> None:
         assert parse('{"type":"barge","seq":0}') == Barge(seq=0, reason="")
 
+    def test_barge_without_seq_stops_what_is_playing(self) -> None:
+        # PROTOCOL.md: "A barge without a seq stops what is playing now" (it was refused)
+        assert parse('{"type":"barge"}') == Barge(seq=None, reason="")
+        assert parse('{"type":"barge","reason":"manual"}') == Barge(seq=None, reason="manual")
+
+    @pytest.mark.parametrize("seq", ["12", 12.0, 1.5, True, False, None, [12], {"n": 12}, -1])
+    def test_barge_with_a_bad_seq_is_a_barge_without_seq(self, seq: Any) -> None:
+        assert parse(dumps({"type": "barge", "seq": seq})) == Barge(seq=None)
+
     def test_error(self) -> None:
         msg = parse('{"type":"error","message":"must start with type=start"}')
         assert msg == ServerError(message="must start with type=start")
@@ -150,24 +159,54 @@ class TestServerMessages:
         assert msg.message
 
     @pytest.mark.parametrize("text", [
-        "Invalid or expired token",
-        "invalid private_key",
-        "Unauthorized",
-        "authentication failed",
+        "Invalid or expired token",             # the page's own message
+        "invalid or expired token",
+        "INVALID OR EXPIRED TOKEN.",
+        "error: Invalid or expired token",
         "Token expired",
+        "invalid private_key",
+        "Invalid private key",
+        "unknown private_key: K-123",
+        "missing private_key",
+        "private_key required",
+        "Invalid API key",
+        "invalid key",
+        "Unauthorized",
+        "401 Unauthorised",
+        "authentication failed",
+        "Authentication required",
     ])
     def test_error_is_auth(self, text: str) -> None:
         assert ServerError(text).is_auth
         assert parse(dumps({"type": "error", "message": text})).is_auth
+        assert protocol.is_auth_message(text)
 
     @pytest.mark.parametrize("text", [
         "must start with type=start",
         "rate limit exceeded",
         "internal error",
         "(no message)",
+        "LLM token limit exceeded for this turn",     # issue 10: not about the key
+        "token budget expired for this turn",
+        "max tokens exceeded",
+        "Token limit reached",
+        "session expired, start a new turn",
+        "tts provider authentication quota",          # 'auth' alone is not a phrase
+        "Unexpected token < in JSON at position 0",
+        "forbidden word filtered",
+        "keyboard interrupt",
+        "invalid keyboard layout",                    # word boundaries, not substrings
+        "",
     ])
     def test_error_is_not_auth(self, text: str) -> None:
         assert not ServerError(text).is_auth
+        assert not protocol.is_auth_message(text)
+
+    def test_auth_phrases_are_phrases_not_words(self) -> None:
+        # single words like 'token' or 'expired' would catch language-model errors
+        for phrase in protocol.AUTH_PHRASES:
+            assert phrase == phrase.lower()
+            assert phrase not in ("token", "expired", "auth", "key", "invalid")
 
     def test_unknown_type(self) -> None:
         msg = parse('{"type":"vad.onset","at":1.5}')
@@ -200,6 +239,50 @@ class TestServerMessages:
         assert protocol.parse_obj({"type": "stt.ready"}) == SttReady()
 
 
+# --- the seq on every message ------------------------------------------------------------
+
+class TestSeq:
+    """PROTOCOL.md: the seq rule applies to every message that carries a seq."""
+
+    @pytest.mark.parametrize("obj, expected", [
+        ({"type": "stt.partial", "text": "halo", "seq": 4}, SttPartial("halo", seq=4)),
+        ({"type": "stt.final", "text": "halo", "seq": 4}, SttFinal("halo", seq=4)),
+        ({"type": "error", "message": "boom", "seq": 4}, ServerError("boom", seq=4)),
+        ({"type": "ready", "session_id": "s", "seq": 4}, Ready("s", seq=4)),
+        ({"type": "stt.ready", "seq": 4}, SttReady(seq=4)),
+        ({"type": "vad.onset", "seq": 4}, Unknown("'vad.onset'", seq=4)),
+        ({"stepType": "thought", "seq": 4}, Unknown("stepType='thought'", seq=4)),
+        ({"type": "barge", "seq": 4, "reason": "x"}, Barge(4, "x")),
+    ])
+    def test_every_message_exposes_its_seq(self, obj: dict[str, Any], expected: Any) -> None:
+        msg = parse(dumps(obj))
+        assert msg == expected
+        assert protocol.seq_of(msg) == 4
+
+    def test_seq_of_audio_and_final_answer(self) -> None:
+        assert protocol.seq_of(parse(dumps(sentence(seq=9)))) == 9
+        assert protocol.seq_of(parse(dumps(final_answer(seq=9)))) == 9
+        assert protocol.seq_of(parse(dumps(final_answer(seq=0)))) == 0
+
+    @pytest.mark.parametrize("obj", [
+        {"type": "stt.partial", "text": "x"}, {"type": "stt.final"}, {"type": "error"},
+        {"type": "ready"}, {"type": "stt.ready"}, {"type": "other"}, {"type": "barge"},
+    ])
+    def test_no_seq_is_none(self, obj: dict[str, Any]) -> None:
+        assert protocol.seq_of(parse(dumps(obj))) is None
+
+    @pytest.mark.parametrize("seq", ["4", 4.0, 1.5, True, False, None, [4], {"n": 4}, -1])
+    @pytest.mark.parametrize("kind", ["stt.partial", "stt.final", "error", "ready", "stt.ready",
+                                      "other", "barge"])
+    def test_a_bad_seq_on_a_non_audio_message_is_ignored(self, seq: Any, kind: str) -> None:
+        msg = parse(dumps({"type": kind, "seq": seq}))
+        assert protocol.seq_of(msg) is None
+        assert type(msg) is type(parse(dumps({"type": kind})))
+
+    def test_seq_of_without_a_seq_attribute(self) -> None:
+        assert protocol.seq_of(SttReady()) is None
+
+
 # --- refused ---------------------------------------------------------------------------
 
 class TestRefused:
@@ -227,26 +310,24 @@ class TestRefused:
         assert "type" in refused('{"session_id":"x"}')
         assert "type" in refused("{}")
 
+    # Audio and final_answer need a valid seq; other messages ignore a bad one (TestSeq).
     @pytest.mark.parametrize("seq", ["12", 12.0, 1.5, True, False, None, [12], {"n": 12}])
-    @pytest.mark.parametrize("make", ["sentence", "final_answer", "barge"])
+    @pytest.mark.parametrize("make", ["sentence", "final_answer"])
     def test_seq_not_an_integer(self, seq: Any, make: str) -> None:
-        obj = {"sentence": sentence(seq=seq), "final_answer": final_answer(seq=seq),
-               "barge": {"type": "barge", "seq": seq}}[make]
+        obj = {"sentence": sentence(seq=seq), "final_answer": final_answer(seq=seq)}[make]
         text = refused(dumps(obj))
         assert "seq" in text
         assert "integer" in text
 
-    @pytest.mark.parametrize("make", ["sentence", "final_answer", "barge"])
+    @pytest.mark.parametrize("make", ["sentence", "final_answer"])
     def test_seq_missing(self, make: str) -> None:
-        obj = {"sentence": sentence(), "final_answer": final_answer(),
-               "barge": {"type": "barge", "seq": 1}}[make]
+        obj = {"sentence": sentence(), "final_answer": final_answer()}[make]
         del obj["seq"]
         assert "seq" in refused(dumps(obj))
 
-    @pytest.mark.parametrize("make", ["sentence", "final_answer", "barge"])
+    @pytest.mark.parametrize("make", ["sentence", "final_answer"])
     def test_seq_negative(self, make: str) -> None:
-        obj = {"sentence": sentence(seq=-1), "final_answer": final_answer(seq=-1),
-               "barge": {"type": "barge", "seq": -1}}[make]
+        obj = {"sentence": sentence(seq=-1), "final_answer": final_answer(seq=-1)}[make]
         text = refused(dumps(obj))
         assert "seq" in text and "negative" in text
 

@@ -4,10 +4,20 @@ Pure functions and dataclasses, no I/O. Everything the server can send is turned
 one of the message classes below or rejected with a :class:`ProtocolError` whose text
 is fit for a log line. Unknown message types become :class:`Unknown` (ignored by the
 appliance, logged at debug level); extra fields are ignored.
+
+The seq rule applies to every message that carries a ``seq`` (PROTOCOL.md), so every
+message class exposes one: :func:`seq_of` reads it. Audio (sentence chunks) and
+``final_answer`` need a valid seq and are refused without one; on any other message a
+missing, non-integer or negative seq is ignored (``seq=None``) and the message kept.
+A ``barge`` without a (valid) seq is ``Barge(seq=None)``: "stop what is playing now".
+
+Authentication errors are recognised by whole phrases (:data:`AUTH_PHRASES`), never by
+single words: "LLM token limit exceeded" is not about the key.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -33,21 +43,24 @@ def frame_bytes(frame_ms: int) -> int:
 @dataclass(frozen=True)
 class Ready:
     session_id: str
+    seq: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class SttReady:
-    pass
+    seq: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class SttPartial:
     text: str
+    seq: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class SttFinal:
     text: str
+    seq: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -70,31 +83,56 @@ class FinalAnswer:
 
 @dataclass(frozen=True)
 class Barge:
-    seq: int
+    """``seq=None``: a barge without a seq, which stops what is playing now."""
+    seq: Optional[int]
     reason: str = ""
 
 
 @dataclass(frozen=True)
 class ServerError:
     message: str
+    seq: Optional[int] = None
 
     @property
     def is_auth(self) -> bool:
         """An invalid or expired key: retrying fast would only hammer the server."""
-        text = self.message.lower()
-        return any(word in text for word in _AUTH_WORDS)
+        return is_auth_message(self.message)
 
 
 @dataclass(frozen=True)
 class Unknown:
     kind: str
+    seq: Optional[int] = None
 
 
 ServerMessage = Union[Ready, SttReady, SttPartial, SttFinal, SentenceChunk, FinalAnswer,
                       Barge, ServerError, Unknown]
 
-_AUTH_WORDS = ("auth", "token", "private_key", "private key", "api key", "expired",
-               "unauthori", "forbidden", "invalid key")
+
+def seq_of(message: ServerMessage) -> Optional[int]:
+    """The seq a message carries (for the seq rule), or None when it carries none."""
+    seq = getattr(message, "seq", None)
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+# The page's own authentication error ("Invalid or expired token") and key errors, matched
+# as whole phrases (word boundaries, case-insensitive, "_" and "-" read as spaces, so
+# "private_key" is "private key"). Never single words such as "token" or "expired":
+# "LLM token limit exceeded for this turn" is not an authentication error.
+AUTH_PHRASES = (
+    "invalid or expired token", "expired token", "token expired",
+    "invalid private key", "unknown private key", "missing private key",
+    "private key required", "private key is required",
+    "invalid api key", "unknown api key", "invalid key", "unknown key",
+    "unauthorized", "unauthorised", "authentication failed", "authentication required",
+)
+_AUTH_RE = re.compile(r"\b(?:" + "|".join(re.escape(p) for p in AUTH_PHRASES) + r")\b")
+
+
+def is_auth_message(message: str) -> bool:
+    """Whether a server error's text says the key was refused (see :data:`AUTH_PHRASES`)."""
+    text = " ".join(message.lower().replace("_", " ").replace("-", " ").split())
+    return _AUTH_RE.search(text) is not None
 
 
 def parse(raw: Union[str, bytes]) -> ServerMessage:
@@ -128,23 +166,24 @@ def parse_obj(obj: dict[str, Any]) -> ServerMessage:
     if step == "final_answer":
         return _final_answer(obj)
     kind = obj.get("type")
+    seq = _lenient_seq(obj)
     if kind == "ready":
-        return Ready(session_id=_opt_str(obj, "session_id") or "")
+        return Ready(session_id=_opt_str(obj, "session_id") or "", seq=seq)
     if kind == "stt.ready":
-        return SttReady()
+        return SttReady(seq=seq)
     if kind == "stt.partial":
-        return SttPartial(text=_opt_str(obj, "text") or "")
+        return SttPartial(text=_opt_str(obj, "text") or "", seq=seq)
     if kind == "stt.final":
-        return SttFinal(text=_opt_str(obj, "text") or "")
+        return SttFinal(text=_opt_str(obj, "text") or "", seq=seq)
     if kind == "barge":
-        return Barge(seq=_seq(obj), reason=_opt_str(obj, "reason") or "")
+        return Barge(seq=seq, reason=_opt_str(obj, "reason") or "")
     if kind == "error":
-        return ServerError(message=_opt_str(obj, "message") or "(no message)")
+        return ServerError(message=_opt_str(obj, "message") or "(no message)", seq=seq)
     if step is not None:
-        return Unknown(kind=f"stepType={_printable(step)}")
+        return Unknown(kind=f"stepType={_printable(step)}", seq=seq)
     if kind is None:
         raise ProtocolError("message has neither 'type' nor 'stepType'")
-    return Unknown(kind=_printable(kind))
+    return Unknown(kind=_printable(kind), seq=seq)
 
 
 _JSON_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
@@ -189,6 +228,15 @@ def _seq(obj: dict[str, Any]) -> int:
     seq = _int(obj, "seq")
     if seq < 0:
         raise ProtocolError(f"seq {seq} is negative")
+    return seq
+
+
+def _lenient_seq(obj: dict[str, Any]) -> Optional[int]:
+    # Not audio: a seq that is not a non-negative integer is ignored, the message kept
+    # (a barge then stops what is playing now rather than being refused).
+    seq = obj.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        return None
     return seq
 
 
