@@ -1,0 +1,34 @@
+"""A local stand-in for Soca AI's Voice Stream server (``soca-appliance simulate``).
+
+Owns the simulated server side of the protocol described in PROTOCOL.md: the ``start``
+handshake and its errors, voice activity detection on the uploaded PCM (webrtcvad), canned
+``stt.partial``/``stt.final`` transcripts, chunked MP3 sentence answers taken from the
+bundled assets (``assets/manifest.json``), ``final_answer``, sequence numbers and barge-in
+(server-detected and manual). It speaks plain ``ws://`` on loopback and is meant for
+development, tests and benchmarks, never for production.
+
+All speech timing is counted in received audio (20 ms sub-frames), not wall-clock time, so
+that a client may send faster than real time and still get the same events. Only the
+"agent is answering" window is wall-clock: it lasts from the first sentence until the
+estimated end of the client's playback (when each sentence was sent plus its duration,
+plus 0.5 s).
+
+:class:`Simulator` runs either on its own thread (:meth:`Simulator.start` /
+:meth:`Simulator.stop`, for tests) or in the caller's event loop
+(:meth:`Simulator.serve_forever`, for the CLI). :func:`main` is the CLI entry point.
+
+Modules: :mod:`.assets` (manifest and MP3s), :mod:`.chunking` (how a sentence is cut into
+chunks), :mod:`.session` (one session after ``start``), :mod:`.server` (the listener, the
+handshake, test hooks), :mod:`.cli` (``soca-appliance simulate``).
+"""
+from __future__ import annotations
+
+from .assets import AssetError, _Sentence, _Turn, default_assets_dir, load_assets, mp3_duration
+from .chunking import split_chunks
+from .cli import DEFAULT_PORT, KEY_ENV, main
+from .server import ERR_AUTH, ERR_START, MAX_CONNECTIONS, Simulator
+from .session import SAMPLE_RATE, _Session, _Stats
+
+__all__ = ["AssetError", "DEFAULT_PORT", "ERR_AUTH", "ERR_START", "KEY_ENV", "MAX_CONNECTIONS",
+           "SAMPLE_RATE", "Simulator", "default_assets_dir", "load_assets", "main",
+           "mp3_duration", "split_chunks"]
