@@ -30,6 +30,11 @@ def ids(out: Outcome) -> list[tuple[int, SID]]:
     return [(s.seq, s.sentence_id) for s in out.ready]
 
 
+def played(out: Outcome) -> bytes:
+    """Every MP3 byte an outcome hands to the player, in order, in either mode."""
+    return b"".join(s.mp3 for s in out.ready) + b"".join(p.data for p in out.pieces)
+
+
 def feed(asm: Assembler, chunks: list[SentenceChunk], now: float = 0.0) -> list[Sentence]:
     ready: list[Sentence] = []
     for c in chunks:
@@ -177,11 +182,24 @@ class TestDuplicatesAndFaults:
         # another sentence is unaffected
         assert [s.mp3 for s in asm.add(chunk(1, "good", 0, b"g", last=True), 0).ready] == [b"g"]
 
-    @pytest.mark.parametrize("raw", ["AAE", "A===", "Zm9v!", "é", "AA AA"])
+    @pytest.mark.parametrize("raw", ["A", "AAAAA", "A===", "AA=", "AA=A", "====", "Zm9v!",
+                                     "é", "Zm9v-_", "AA==A"])
     def test_other_invalid_base64(self, raw: str) -> None:
         out = Assembler().add(chunk(1, 0, 0, raw=raw, last=True), 0)
         assert out.ready == []
         assert any("base64" in w for w in out.warnings)
+
+    @pytest.mark.parametrize("raw, data", [
+        ("AAE", b"\x00\x01"),             # unpadded end: atob accepts it
+        ("AA", b"\x00"),
+        ("AA AA", b"\x00\x00\x00"),       # ASCII whitespace is ignored, as atob does
+        ("AA\r\nAA\n", b"\x00\x00\x00"),
+        ("\tAA==", b"\x00"),
+    ])
+    def test_what_atob_accepts_is_accepted(self, raw: str, data: bytes) -> None:
+        out = Assembler().add(chunk(1, 0, 0, raw=raw, last=True), 0)
+        assert out.warnings == []
+        assert [s.mp3 for s in out.ready] == [data]
 
     def test_dropping_the_head_releases_the_sentence_behind_it(self) -> None:
         asm = Assembler()
@@ -284,6 +302,36 @@ class TestSeq:
         assert asm.current_seq == 3
         assert asm.pending == 1
 
+    def test_barge_without_seq_stops_what_is_playing_now(self) -> None:
+        # PROTOCOL.md: "A barge without a seq stops what is playing now"
+        asm = Assembler(progressive=True)
+        asm.observe_seq(3)
+        playing = asm.add(chunk(3, "a", 0, b"a0"), 0)
+        assert [p.first for p in playing.pieces] == [True]
+        asm.add(chunk(3, "b", 0, b"b0"), 0)                  # queued behind it
+        out = asm.barge(None)
+        assert out.stop_through == 3                          # the player stops seq <= 3
+        assert out.barge_to is None
+        assert out.aborted == [(3, "a")]                      # its playback had begun
+        assert asm.current_seq == 3 and asm.pending == 0
+        # what was playing or queued never resumes
+        assert played(asm.add(chunk(3, "a", 1, b"a1", last=True), 0)) == b""
+        assert played(asm.add(chunk(3, "b", 1, b"b1", last=True), 0)) == b""
+        # the seq is kept: a sentence that starts later plays, and so does the next seq
+        assert played(asm.add(chunk(3, "c", 0, b"c", last=True), 0)) == b"c"
+        assert played(asm.add(chunk(4, "d", 0, b"d", last=True), 0)) == b"d"
+
+    def test_stop_playing_is_the_barge_without_seq(self) -> None:
+        asm = Assembler()
+        asm.add(chunk(2, "a", 0, b"a"), 0)
+        out = asm.stop_playing()
+        assert out.stop_through == 2 and out.aborted == [] and out.ready == []
+        assert asm.pending == 0 and asm.playable(2)
+
+    def test_barge_without_seq_with_nothing_open(self) -> None:
+        out = Assembler().barge(None)
+        assert out.stop_through == 0 and out.warnings == []
+
     def test_interrupt_silences_the_current_seq_but_not_the_next(self) -> None:
         asm = Assembler()
         asm.add(chunk(1, "a", 0, b"a"), 0)
@@ -325,6 +373,23 @@ class TestLimits:
         out = feed(asm, [chunk(1, "fits", 0, b"12345"), chunk(1, "fits", 1, b"67890", last=True)])
         assert [s.mp3 for s in out] == [b"1234567890"]
 
+    def test_max_sentence_bytes_is_checked_on_the_text_before_keeping_it(self) -> None:
+        # estimated from the base64 length: an out-of-order chunk is not kept either
+        asm = Assembler(max_sentence_bytes=30)
+        out = asm.add(chunk(1, "big", 5, raw="A" * 44), 0)      # 33 bytes' worth
+        assert any("over 30 bytes" in w for w in out.warnings)
+        assert asm.pending == 0
+
+    def test_max_sentence_bytes_with_a_cut_text(self) -> None:
+        data = bytes(range(30))
+        text = b64(data)                                     # 40 characters
+        asm = Assembler(max_sentence_bytes=30)
+        out = feed(asm, [chunk(1, 0, 0, raw=text[:13]), chunk(1, 0, 1, raw=text[13:], last=True)])
+        assert [s.mp3 for s in out] == [data]
+        asm = Assembler(max_sentence_bytes=29)
+        out = feed(asm, [chunk(1, 0, 0, raw=text[:13]), chunk(1, 0, 1, raw=text[13:], last=True)])
+        assert out == [] and asm.dropped_sentences == 1
+
     def test_max_pending(self) -> None:
         asm = Assembler(max_pending=2)
         asm.add(chunk(1, "a", 0, b"a"), 0)
@@ -348,15 +413,51 @@ class TestLimits:
 
 
 class TestAnswerDone:
-    def test_drops_incomplete_and_releases_those_behind(self) -> None:
+    """final_answer is a summary: it may overtake the last chunks and never cuts audio."""
+
+    def test_sentence_completing_after_the_final_answer_plays_whole(self) -> None:
         asm = Assembler()
-        asm.add(chunk(1, "stuck", 0, b"s"), 0)              # its last chunk never comes
+        asm.add(chunk(1, "late", 0, b"l0"), 0)
         asm.add(chunk(1, "ok", 0, b"o", last=True), 0)
         out = asm.answer_done(1)
-        assert ids(out) == [(1, "ok")]
-        assert any("'stuck'" in w and "incomplete" in w for w in out.warnings)
+        assert out.ready == [] and out.warnings == [] and out.aborted == []
+        assert asm.pending == 2
+        out = asm.add(chunk(1, "late", 1, b"l1", last=True), 0)
+        assert [(s.sentence_id, s.mp3) for s in out.ready] == [("late", b"l0l1"), ("ok", b"o")]
         assert asm.pending == 0
-        assert asm.add(chunk(1, "stuck", 1, None, last=True), 0).ready == []
+
+    def test_whole_sentence_arriving_after_the_final_answer_plays(self) -> None:
+        asm = Assembler()
+        asm.observe_seq(1)
+        asm.answer_done(1)
+        out = feed(asm, [chunk(1, "after", 1, b"b", last=True), chunk(1, "after", 0, b"a")])
+        assert [s.mp3 for s in out] == [b"ab"]
+
+    @pytest.mark.parametrize("progressive", [True, False])
+    def test_chunks_after_the_final_answer_in_both_modes(self, progressive: bool) -> None:
+        mp3 = bytes(range(256)) * 3
+        text = b64(mp3)
+        cuts = [0, 101, 550, 998, len(text)]
+        parts = [text[a:b] for a, b in zip(cuts, cuts[1:])]
+        asm = Assembler(progressive=progressive)
+        got = played(asm.add(chunk(4, 0, 0, raw=parts[0]), 0))
+        got += played(asm.add(chunk(4, 0, 1, raw=parts[1]), 0))
+        out = asm.answer_done(4)                       # overtakes the last two chunks
+        assert out.aborted == [] and out.warnings == []
+        got += played(out)
+        got += played(asm.add(chunk(4, 0, 2, raw=parts[2]), 0))
+        got += played(asm.add(chunk(4, 0, 3, raw=parts[3], last=True), 0))
+        assert got == mp3
+        assert asm.pending == 0
+
+    def test_an_incomplete_sentence_still_expires(self) -> None:
+        asm = Assembler(sentence_timeout=5.0)
+        asm.add(chunk(1, "stuck", 0, b"s"), 0.0)            # its last chunk never comes
+        asm.add(chunk(1, "ok", 0, b"o", last=True), 0.0)
+        assert asm.answer_done(1).warnings == []
+        out = asm.expire(5.5)
+        assert ids(out) == [(1, "ok")]
+        assert any("'stuck'" in w for w in out.warnings)
 
     def test_with_everything_complete_does_nothing(self) -> None:
         asm = Assembler()

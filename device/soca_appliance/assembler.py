@@ -1,24 +1,28 @@
 """Sentence assembly and the seq rules: which agent audio may play, and in what order.
 
 Pure logic, no I/O, no threads, no clock of its own (``now`` is passed in). Chunks are
-collected per (seq, sentenceId), joined in chunkIndex order once the last chunk and every
-index before it arrived, and released in the order in which each sentence's first chunk
-arrived. A newer seq (from a barge or from any message carrying it) drops everything older.
-Memory is bounded: a sentence's bytes, the number of open sentences and the set of
-sentences remembered as dropped are all capped.
+collected per (seq, sentenceId); their base64 texts are joined in chunkIndex order and the
+joined text is decoded (b64join.py: cut anywhere, padded per chunk or not), as far as the
+chunks are contiguous; a sentence is complete once its last chunk and every index before
+it arrived. Sentences are released in the order in which their first chunk arrived. A
+newer seq (from a barge or from any message carrying it) drops everything older. A
+sentence is dropped only when its joined text is not base64, it breaks a limit, or it
+stops receiving chunks (:meth:`Assembler.expire`); a final answer never cuts one.
+Memory is bounded: a sentence's bytes (estimated from its base64 length before anything
+is kept), the number of open sentences and the set of sentences remembered as dropped
+are all capped.
 
 With ``progressive`` on, the sentence at the head of the line is handed out in pieces as
-its chunks arrive in order (:class:`Piece`), so playback can begin before it completes;
-the sentences behind it still wait their turn.
+its audio is decoded (:class:`Piece`), so playback can begin before it completes; the
+sentences behind it still wait their turn.
 """
 from __future__ import annotations
 
-import binascii
-import base64
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .b64join import B64Error, B64Joiner, clean, data_chars, estimate_bytes
 from .protocol import SentenceChunk, SentenceId
 
 Key = tuple[int, SentenceId]
@@ -48,27 +52,37 @@ class Piece:
 
 @dataclass
 class Outcome:
-    """What one input changed: sentences (or pieces) now playable, a seq jump, sentences
-    whose playback began but that will never complete, warnings to log."""
+    """What one input changed: sentences (or pieces) now playable, a seq jump
+    (``barge_to``: stop everything below it), ``stop_through`` (a barge without seq: stop
+    everything playing or queued with a seq up to and including it), sentences whose
+    playback began but that will never complete, warnings to log."""
     ready: list[Sentence] = field(default_factory=list)
     pieces: list[Piece] = field(default_factory=list)
     aborted: list[Key] = field(default_factory=list)
     barge_to: Optional[int] = None
     warnings: list[str] = field(default_factory=list)
+    stop_through: Optional[int] = None
 
 
 @dataclass
 class _Open:
     first_seen: float
     last_seen: float
-    parts: dict[int, bytes] = field(default_factory=dict)
+    texts: dict[int, str] = field(default_factory=dict)    # base64 of chunks not yet joined
+    joined: int = 0             # chunks below this index are joined and decoded
+    decoder: B64Joiner = field(default_factory=B64Joiner)
+    audio: bytearray = field(default_factory=bytearray)     # decoded, not yet handed out
+    max_index: int = -1
     last_index: Optional[int] = None
     text: str = ""
-    size: int = 0
-    streamed: int = 0           # progressive: chunks before this index were handed out
+    chars: int = 0              # base64 data characters received (the size estimate)
+    started: bool = False       # progressive: its first piece was handed out
+
+    def has(self, index: int) -> bool:
+        return index < self.joined or index in self.texts
 
     def complete(self) -> bool:
-        return self.last_index is not None and len(self.parts) == self.last_index + 1
+        return self.last_index is not None and self.joined > self.last_index
 
 
 class Assembler:
@@ -95,10 +109,27 @@ class Assembler:
             self._advance(seq, out)
         return out
 
-    def barge(self, seq: int) -> Outcome:
-        """A server barge: drop everything below ``seq`` (the seq rule, said explicitly)."""
+    def barge(self, seq: Optional[int]) -> Outcome:
+        """A server barge: drop everything below ``seq`` (the seq rule, said explicitly).
+        Without a seq (``None``), :meth:`stop_playing`."""
+        if seq is None:
+            return self.stop_playing()
         out = self.observe_seq(seq)
         out.barge_to = seq
+        return out
+
+    def stop_playing(self) -> Outcome:
+        """A barge without a seq: stop what is playing now (PROTOCOL.md).
+
+        Every open sentence (all are of the current seq: older ones are gone already) is
+        dropped and remembered, so its late chunks never play; ``stop_through`` tells the
+        player to stop everything playing or queued up to the current seq, which covers the
+        complete sentences already handed out. The current seq stays: a sentence whose
+        first chunk arrives later still plays (unlike :meth:`interrupt`, the button, which
+        also silences the rest of the seq)."""
+        out = Outcome(stop_through=self.current_seq)
+        for key in list(self._open):
+            self._abandon(key, out)
         return out
 
     def interrupt(self) -> Outcome:
@@ -132,44 +163,58 @@ class Assembler:
                 return
             sentence = self._open[key] = _Open(first_seen=now, last_seen=now)
         sentence.last_seen = now
-        if chunk.chunk_index in sentence.parts:
+        index = chunk.chunk_index
+        if sentence.has(index):
             self.dropped_chunks += 1     # a duplicate: the first copy wins
             return
-        if sentence.last_index is not None and chunk.chunk_index > sentence.last_index:
-            self._drop(key, out, f"sentence {_name(key)} dropped: chunk {chunk.chunk_index} "
+        if sentence.last_index is not None and index > sentence.last_index:
+            self._drop(key, out, f"sentence {_name(key)} dropped: chunk {index} "
                                  f"after the last chunk {sentence.last_index}")
             return
         try:
-            data = base64.b64decode(chunk.audio_b64, validate=True) if chunk.audio_b64 else b""
-        except (binascii.Error, ValueError):
-            self._drop(key, out, f"sentence {_name(key)} dropped: chunk {chunk.chunk_index} "
-                                 "has invalid base64 audio")
+            text = clean(chunk.audio_b64) if chunk.audio_b64 else ""
+        except B64Error as exc:
+            self._drop(key, out, f"sentence {_name(key)} dropped: chunk {index} has invalid "
+                                 f"base64 audio ({exc})")
             return
-        sentence.size += len(data)
-        if sentence.size > self.max_sentence_bytes:
+        # Checked before the text is kept: memory stays bounded by the cap.
+        sentence.chars += data_chars(text)
+        if estimate_bytes(sentence.chars) > self.max_sentence_bytes:
             self._drop(key, out, f"sentence {_name(key)} dropped: over "
                                  f"{self.max_sentence_bytes} bytes of audio")
             return
-        sentence.parts[chunk.chunk_index] = data
+        if chunk.is_last and sentence.max_index > index:
+            self._drop(key, out, f"sentence {_name(key)} dropped: last chunk "
+                                 f"{index} but chunk {sentence.max_index} exists")
+            return
+        sentence.texts[index] = text
+        sentence.max_index = max(sentence.max_index, index)
         if chunk.text and not sentence.text:
             sentence.text = chunk.text
         if chunk.is_last:
-            if max(sentence.parts) > chunk.chunk_index:
-                self._drop(key, out, f"sentence {_name(key)} dropped: last chunk "
-                                     f"{chunk.chunk_index} but chunk {max(sentence.parts)} exists")
-                return
-            sentence.last_index = chunk.chunk_index
-        return
+            sentence.last_index = index
+        self._join(key, sentence, out)
+
+    def _join(self, key: Key, sentence: _Open, out: Outcome) -> None:
+        # Decode the joined text as far as the chunks are contiguous.
+        index = sentence.joined
+        try:
+            while index in sentence.texts:
+                sentence.audio += sentence.decoder.feed(sentence.texts.pop(index))
+                index = sentence.joined = index + 1
+            if sentence.complete():
+                sentence.audio += sentence.decoder.finish()
+        except B64Error as exc:
+            where = (f"at chunk {index}" if not sentence.complete()
+                     else f"at its end (chunk {sentence.last_index})")
+            self._drop(key, out, f"sentence {_name(key)} dropped: the joined audio is not "
+                                 f"base64 {where}: {exc}")
 
     def answer_done(self, seq: int) -> Outcome:
-        """final_answer for ``seq``: its sentences still missing chunks will never complete."""
-        out = self.observe_seq(seq)
-        for key, sentence in list(self._open.items()):
-            if key[0] <= seq and not sentence.complete():
-                self._drop(key, out, f"sentence {_name(key)} dropped: incomplete at the final "
-                                     f"answer ({len(sentence.parts)} chunks arrived)")
-        self._release(out)
-        return out
+        """final_answer for ``seq``: the seq rule only. It is a summary that may overtake
+        the last chunks, so it never cuts a sentence: those still arriving complete with
+        their own last chunk, or expire (:meth:`expire`)."""
+        return self.observe_seq(seq)
 
     def expire(self, now: float) -> Outcome:
         """Drop sentences that stopped receiving chunks ``sentence_timeout`` ago."""
@@ -220,25 +265,24 @@ class Assembler:
             self._kill(key)     # remembered, so a late duplicate cannot reopen it
             if self.progressive:
                 continue
-            mp3 = b"".join(sentence.parts[i] for i in range(sentence.last_index + 1))
-            if not mp3:
+            if not sentence.audio:
                 out.warnings.append(f"sentence {_name(key)} skipped: it carried no audio")
                 continue
-            out.ready.append(Sentence(seq=key[0], sentence_id=key[1], mp3=mp3,
-                                      text=sentence.text, chunks=len(sentence.parts)))
+            out.ready.append(Sentence(seq=key[0], sentence_id=key[1], mp3=bytes(sentence.audio),
+                                      text=sentence.text, chunks=sentence.joined))
 
     def _stream(self, key: Key, sentence: _Open, out: Outcome) -> None:
-        first = sentence.streamed == 0
-        data = []
-        while sentence.streamed in sentence.parts:
-            data.append(sentence.parts[sentence.streamed])
-            sentence.parts[sentence.streamed] = b""      # handed out: keep only the index
-            sentence.streamed += 1
         final = sentence.complete()
-        if first and final and not any(data):
-            out.warnings.append(f"sentence {_name(key)} skipped: it carried no audio")
-        elif data or (final and not first):
-            out.pieces.append(Piece(key[0], key[1], b"".join(data), sentence.text,
+        data = bytes(sentence.audio)
+        sentence.audio.clear()                  # handed out: the player holds it now
+        first = not sentence.started
+        if first and not data:
+            if final:
+                out.warnings.append(f"sentence {_name(key)} skipped: it carried no audio")
+            return
+        if data or final:
+            sentence.started = True
+            out.pieces.append(Piece(key[0], key[1], data, sentence.text,
                                     first=first, final=final))
 
     def _drop(self, key: Key, out: Outcome, warning: str) -> None:
@@ -248,7 +292,7 @@ class Assembler:
 
     def _abandon(self, key: Key, out: Outcome) -> None:
         sentence = self._open.get(key)
-        if sentence is not None and sentence.streamed > 0:
+        if sentence is not None and sentence.started:
             out.aborted.append(key)        # its playback began: the player must drop it
         self._kill(key)
 
