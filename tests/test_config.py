@@ -322,6 +322,49 @@ class TestRefused:
         error_of(env=env, path=toml(tmp_path, text) if text else None)
 
 
+# --- GPIO pins ----------------------------------------------------------------------------
+
+class TestPins:
+    @pytest.mark.parametrize("key, value", [
+        ("button_pin", -1), ("button_pin", 999), ("button_pin", 28), ("leds.ready", -1),
+        ("leds.error", 999), ("leds.speaking", 40),
+    ])
+    def test_pin_outside_the_header_refused(self, key: str, value: int) -> None:
+        text = error_of(overrides={key: value})
+        assert f"{key} = {value} is not a GPIO pin" in text and "0..27" in text
+
+    @pytest.mark.parametrize("pins", [[5, 6, 999], [-1, 6, 13]])
+    def test_rgb_pin_outside_the_header_refused(self, tmp_path: Path, pins: list[int]) -> None:
+        text = error_of(path=toml(tmp_path, f"[leds]\nrgb = {pins}\n"))
+        assert "leds.rgb[" in text and "is not a GPIO pin" in text
+
+    def test_pin_from_the_environment_checked(self) -> None:
+        assert "button_pin = -1 is not a GPIO pin" in error_of(env={"SOCA_BUTTON_PIN": "-1"})
+
+    def test_button_on_an_led_pin_refused(self, tmp_path: Path) -> None:
+        path = toml(tmp_path, "button_pin = 22\n[leds]\nready = 22\nerror = 25\n")
+        text = error_of(path=path)
+        assert "button_pin and leds.ready are both GPIO22" in text
+
+    def test_two_leds_on_one_pin_refused(self) -> None:
+        text = error_of(overrides={"leds.ready": 5, "leds.speaking": 5})
+        assert "leds.ready and leds.speaking are both GPIO5" in text
+
+    def test_rgb_pins_must_differ(self, tmp_path: Path) -> None:
+        text = error_of(path=toml(tmp_path, "[leds]\nrgb = [5, 6, 5]\n"))
+        assert "leds.rgb[0] and leds.rgb[2] are both GPIO5" in text
+
+    def test_rgb_on_the_button_pin_refused(self, tmp_path: Path) -> None:
+        text = error_of(path=toml(tmp_path, "[leds]\nrgb = [5, 17, 13]\n"))
+        assert "button_pin and leds.rgb[1] are both GPIO17" in text
+
+    def test_every_header_pin_accepted(self) -> None:
+        assert load(env={}, overrides={"button_pin": 0, "leds.ready": 27}).leds.ready == 27
+        roles = config.pin_roles(load(env={}, overrides={"leds.rgb": [5, 6, 13]}))
+        assert roles == [("button_pin", 17), ("leds.rgb[0]", 5), ("leds.rgb[1]", 6),
+                         ("leds.rgb[2]", 13)]
+
+
 # --- the private key --------------------------------------------------------------------------
 
 def key_file(tmp_path: Path, content: Any, mode: int = 0o600) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import threading
 import time
@@ -309,6 +310,128 @@ def test_button_without_leds(presses: Presses) -> None:
         assert presses.short == 1
     finally:
         p.close()
+
+
+# --- gpio = auto: what is reported when the pins cannot be used ------------------------------
+
+class LogLines(logging.Handler):
+    """What soca.indicators logs (the soca logger may not propagate to pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def at(self, level: int) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+
+@pytest.fixture
+def gpio_log() -> Iterator[LogLines]:
+    logger = logging.getLogger("soca.indicators")
+    lines, level = LogLines(), logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.DEBUG)
+    yield lines
+    logger.removeHandler(lines)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def default_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[MockFactory]:
+    """gpio = auto finds a working pin factory (as on a Pi): gpiozero's default, mocked."""
+    from gpiozero import Device
+    factory = MockFactory(pin_class=MockPWMPin)
+    monkeypatch.setattr(Device, "pin_factory", factory)
+    yield factory
+    factory.close()
+
+
+@pytest.mark.parametrize("leds, button", [
+    (Leds(ready=999), BUTTON), (Leds(ready=-1), BUTTON), (Leds(ready=5), 999),
+    (Leds(ready=BUTTON), BUTTON),                                # the button on an LED's pin
+])
+def test_auto_with_a_bad_pin_is_an_error(default_factory: MockFactory, gpio_log: LogLines,
+                                         presses: Presses, leds: Leds, button: int) -> None:
+    p = make_panel("auto", leds, button, 1.0, presses.on_press, presses.on_long_press)
+    assert isinstance(p, NoPanel)
+    errors = gpio_log.at(logging.ERROR)
+    assert len(errors) == 1 and "WITHOUT the button and LEDs" in errors[0], gpio_log.records
+    assert "button_pin and [leds]" in errors[0]
+    assert gpio_log.at(logging.INFO) == []
+    # Nothing half-made is left claiming a pin: a good panel can be built right after.
+    good = make_panel("auto", DISCRETE, BUTTON, 1.0, presses.on_press, presses.on_long_press)
+    assert isinstance(good, GpioPanel)
+    good.close()
+
+
+def test_auto_with_a_pin_held_by_another_program_is_an_error(
+        default_factory: MockFactory, gpio_log: LogLines, presses: Presses) -> None:
+    from gpiozero import LED
+    other = LED(DISCRETE.ready)                         # someone else drives GPIO5
+    try:
+        p = make_panel("auto", DISCRETE, BUTTON, 1.0, presses.on_press, presses.on_long_press)
+        assert isinstance(p, NoPanel)
+        assert any("GPIOPinInUse" in line for line in gpio_log.at(logging.ERROR))
+    finally:
+        other.close()
+
+
+def test_auto_on_a_pi_without_a_pin_library_is_an_error(
+        monkeypatch: pytest.MonkeyPatch, gpio_log: LogLines, presses: Presses) -> None:
+    from gpiozero import Device
+    from soca_appliance import indicators
+    monkeypatch.setattr(Device, "pin_factory", None)
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
+    monkeypatch.setattr(indicators, "board_model", lambda: "Raspberry Pi 5 Model B Rev 1.0")
+    p = make_panel("auto", DISCRETE, BUTTON, 1.0, presses.on_press, presses.on_long_press)
+    assert isinstance(p, NoPanel)
+    [error] = gpio_log.at(logging.ERROR)
+    assert "on a Raspberry Pi 5 Model B" in error and "BadPinFactory" in error
+    assert "Falling back from lgpio" in error                  # gpiozero's reasons, kept
+
+
+def test_auto_off_a_pi_is_one_info_line_and_no_warnings(
+        monkeypatch: pytest.MonkeyPatch, gpio_log: LogLines, presses: Presses,
+        recwarn: pytest.WarningsRecorder) -> None:
+    from gpiozero import Device
+    from soca_appliance import indicators
+    monkeypatch.setattr(Device, "pin_factory", None)
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
+    monkeypatch.setattr(indicators, "board_model", lambda: None)
+    p = make_panel("auto", DISCRETE, BUTTON, 1.0, presses.on_press, presses.on_long_press)
+    assert isinstance(p, NoPanel)
+    assert gpio_log.at(logging.ERROR) == []
+    [info] = gpio_log.at(logging.INFO)
+    assert "not a Raspberry Pi" in info
+    assert [w for w in recwarn if "gpiozero" in w.filename] == []   # not on stderr
+
+
+def test_auto_pin_error_is_an_error_event_in_the_json_log(
+        default_factory: MockFactory, presses: Presses) -> None:
+    from soca_appliance.events import EventLog, setup_logging
+    out = io.StringIO()
+    setup_logging(EventLog("json", stream=out), "info")
+    try:
+        make_panel("auto", Leds(ready=BUTTON), BUTTON, 1.0, presses.on_press,
+                   presses.on_long_press)
+    finally:
+        logging.getLogger("soca").handlers.clear()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["event"], e["level"], e["logger"]) for e in events] == [
+        ("log", "error", "soca.indicators")]
+
+
+def test_board_model(tmp_path: Path) -> None:
+    from soca_appliance.indicators import board_model
+    model = tmp_path / "model"
+    model.write_bytes(b"Raspberry Pi Zero 2 W Rev 1.0\0")
+    assert board_model(str(model)) == "Raspberry Pi Zero 2 W Rev 1.0"
+    model.write_bytes(b"QEMU Virtual Machine\0")
+    assert board_model(str(model)) is None
+    assert board_model(str(tmp_path / "absent")) is None
 
 
 # --- the real appliance, end to end ---------------------------------------------------------

@@ -24,6 +24,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/soca-appliance/config.toml")
 DEFAULT_URL = "wss://api.soca.ai/voice-ws"
 ENV_PREFIX = "SOCA_"
 KEY_ENV = "SOCA_PRIVATE_KEY"
+# The GPIO lines on the Pi's 40-pin header, by BCM number (GPIO17 is header pin 11). Pins are
+# BCM integers: gpiozero also takes names ("GPIO17", "BOARD11", "J8:11"), the config does not.
+GPIO_PINS = range(0, 28)
 
 
 class ConfigError(ValueError):
@@ -255,6 +258,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("use either leds.rgb or the discrete leds.* pins, not both")
     if cfg.leds.rgb and len(cfg.leds.rgb) != 3:
         raise ConfigError(f"leds.rgb must list three pins [r, g, b]; got {list(cfg.leds.rgb)}")
+    check_pins(cfg)
     if not cfg.key_field:
         raise ConfigError("key_field must not be empty")
     for name in ("ping_interval", "ping_timeout", "connect_timeout", "backoff_initial",
@@ -264,6 +268,30 @@ def validate(cfg: Config) -> None:
     if cfg.mixer_buffer < 64 or cfg.mixer_buffer > 8192:
         raise ConfigError(f"mixer_buffer must be 64..8192 samples; got {cfg.mixer_buffer}")
     check_url(cfg.url, cfg.allow_insecure)
+
+
+def pin_roles(cfg: Config) -> list[tuple[str, int]]:
+    """Every configured pin with the key that sets it: ``[("button_pin", 17), ...]``."""
+    roles = [("button_pin", cfg.button_pin)]
+    for role in ("ready", "listening", "speaking", "error"):
+        pin = getattr(cfg.leds, role)
+        if pin is not None:
+            roles.append((f"leds.{role}", pin))
+    roles += [(f"leds.rgb[{i}]", pin) for i, pin in enumerate(cfg.leds.rgb)]
+    return roles
+
+
+def check_pins(cfg: Config) -> None:
+    """Each pin is a header GPIO (BCM 0..27) and drives one thing only."""
+    seen: dict[int, str] = {}
+    for key, pin in pin_roles(cfg):
+        if pin not in GPIO_PINS:
+            raise ConfigError(f"{key} = {pin} is not a GPIO pin of the Pi's header: use a BCM "
+                              f"number {GPIO_PINS[0]}..{GPIO_PINS[-1]} (GPIO17 is header pin 11)")
+        if pin in seen:
+            raise ConfigError(f"{seen[pin]} and {key} are both GPIO{pin}: each pin can drive "
+                              "one LED or the button, not two")
+        seen[pin] = key
 
 
 def _rgb_and_discrete(cfg: Config) -> bool:

@@ -9,7 +9,9 @@ demo and the tests exercise the real gpiozero code.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .config import Leds
@@ -190,18 +192,60 @@ def _apply(device: Any, p: Pattern, rgb: bool, pwm: bool) -> None:
 
 def make_panel(mode: str, leds: Leds, button_pin: Optional[int], long_press: float,
                on_press: Callable[[], None], on_long_press: Callable[[], None]) -> Any:
-    """``off``: none. ``mock``: gpiozero's MockFactory. ``auto``: the Pi's pins, or none."""
+    """``off``: none. ``mock``: gpiozero's MockFactory. ``auto``: the Pi's pins, or none.
+
+    With ``auto``, no GPIO off a Raspberry Pi is normal (an info line). On a Pi, or when a pin
+    factory loaded but a pin was refused (bad or busy pin), the appliance runs without its
+    button and LEDs and says so at error level: a kiosk must not silently lose its button.
+    """
     if mode == "off":
         return NoPanel()
     factory = None
     if mode == "mock":
         from gpiozero.pins.mock import MockFactory, MockPWMPin
         factory = MockFactory(pin_class=MockPWMPin)
+    # gpiozero warns once per pin library it cannot load (lgpio, RPi.GPIO, pigpio, native):
+    # noise on stderr off a Pi, and the reason worth saying on one, so they go to the log.
+    # (catch_warnings swaps process-wide state: fine here, before any worker thread runs.)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            panel = GpioPanel(leds, button_pin, long_press, on_press, on_long_press, factory)
+        except Exception as exc:  # noqa: BLE001 - gpiozero raises many kinds off a Pi
+            if mode == "mock":
+                raise
+            failure: Optional[Exception] = exc
+        else:
+            failure = None
+    tried = [str(w.message) for w in caught]
+    if failure is None:
+        for text in tried:
+            log.debug("gpiozero: %s", text)
+        return panel
+    model = board_model()
+    why = f"{failure.__class__.__name__}: {failure}"
+    if tried:
+        why += " (" + "; ".join(tried) + ")"
+    if model is None and _no_factory(failure):
+        log.info("no usable GPIO here (not a Raspberry Pi; %s): running without button "
+                 "and LEDs", why)
+    else:
+        log.error("GPIO failed%s: %s; running WITHOUT the button and LEDs: check button_pin "
+                  "and [leds] in the config, the gpio group, and that no other program uses "
+                  "the pins (soca-diag --only gpio)", f" on a {model}" if model else "", why)
+    return NoPanel()
+
+
+def _no_factory(exc: Exception) -> bool:
+    """gpiozero found no pin library to load: there is no GPIO, rather than a bad pin."""
+    from gpiozero.exc import BadPinFactory
+    return isinstance(exc, (BadPinFactory, ImportError))
+
+
+def board_model(path: str = "/proc/device-tree/model") -> Optional[str]:
+    """The Raspberry Pi's model ("Raspberry Pi 4 Model B Rev 1.5"), or None off a Pi."""
     try:
-        return GpioPanel(leds, button_pin, long_press, on_press, on_long_press, factory)
-    except Exception as exc:  # noqa: BLE001 - gpiozero raises many kinds off a Pi
-        if mode == "mock":
-            raise
-        log.info("no usable GPIO here (%s): running without button and LEDs",
-                 exc.__class__.__name__)
-        return NoPanel()
+        text = Path(path).read_bytes().rstrip(b"\0").decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return text if "Raspberry Pi" in text else None
