@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from soca_appliance.backoff import Backoff
@@ -44,6 +44,11 @@ def test_cap_holds_forever() -> None:
     got = delays(b, 200)                      # 2 ** 200 would overflow without the clamp
     assert all(0.0 <= d <= 30.0 for d in got)
     assert all(d >= 24.0 for d in got[6:])
+
+
+def test_a_million_attempts_neither_overflow_nor_leave_the_cap() -> None:
+    b = Backoff(jitter=0.0, attempts=10**6)        # 2.0 ** 1e6 would raise OverflowError
+    assert b.next_delay() == 30.0
 
 
 def test_custom_parameters() -> None:
@@ -96,11 +101,28 @@ def test_default_instances_do_not_share_an_rng() -> None:
 @settings(max_examples=200, deadline=None)
 @given(initial=st.floats(0.01, 5.0), cap=st.floats(0.01, 120.0), factor=st.floats(1.0, 4.0),
        jitter=st.floats(0.0, 0.9), seed=st.integers(0, 2**32 - 1), n=st.integers(1, 80))
+# Found by hypothesis: the exponent stopped at 64 attempts, so a slowly growing series
+# (1.125 ** 64 * 0.01 = 18.8) never reached its 19 s cap.
+@example(initial=0.01, cap=19.0, factor=1.125, jitter=0.0, seed=0, n=66)
+@example(initial=0.01, cap=19.0, factor=1.125, jitter=0.2, seed=1, n=80)
 def test_property_delays_never_negative_or_above_the_cap(initial: float, cap: float,
                                                          factor: float, jitter: float,
                                                          seed: int, n: int) -> None:
+    """Never negative, never above the cap; without jitter the delays start at ``initial``,
+    grow by ``factor`` and then stay at the cap once the series passes it; jitter stays
+    within +/- ``jitter`` of those delays. (How the exponent is bounded is not the test's
+    business.)"""
+    bases = delays(Backoff(initial=initial, cap=cap, factor=factor, jitter=0.0), n)
+    assert bases[0] == min(initial, cap)
+    for earlier, later in zip(bases, bases[1:]):
+        assert earlier <= later <= cap
+        assert later == cap or later == pytest.approx(earlier * factor, rel=1e-9)
+    passes_cap, value = 0, initial            # the first attempt whose series reaches the cap
+    while value < cap and passes_cap < n:
+        value, passes_cap = value * factor, passes_cap + 1
+    assert all(d == cap for d in bases[passes_cap + 1:])
+
     b = Backoff(initial=initial, cap=cap, factor=factor, jitter=jitter, rng=random.Random(seed))
-    for attempt, d in enumerate(delays(b, n)):
-        base = min(cap, initial * factor ** attempt)
+    for base, d in zip(bases, delays(b, n)):
         assert 0.0 <= d <= cap
-        assert base * (1 - jitter) - 1e-9 <= d <= base * (1 + jitter) + 1e-9
+        assert base * (1 - jitter) - 1e-9 <= d <= min(cap, base * (1 + jitter)) + 1e-9
