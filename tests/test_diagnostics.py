@@ -161,12 +161,16 @@ def test_tcp_refused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """A loopback TLS listener with a self-signed certificate for 'localhost' (5 days)."""
+    """A loopback TLS listener with a self-signed certificate for 127.0.0.1 (5 days).
+
+    An IP subjectAltName, not 'localhost': a minimal root (a container, a debootstrap) may
+    have no /etc/hosts, and the test is about the certificate, not about name resolution.
+    """
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "cert.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "5",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-subj", "/CN=soca-diag-test", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -196,7 +200,7 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 def test_tls_verifies_the_certificate(tmp_path: Path, tls_server: tuple[int, Path]) -> None:
     port, cert = tls_server
-    url = f"wss://localhost:{port}/voice-ws"
+    url = f"wss://127.0.0.1:{port}/voice-ws"
     proc = diag(tmp_path, "--only", "net.tls", "--url", url, "--json", key=KEY)
     tls = report(proc)["net.tls"]
     assert tls["status"] == "FAIL" and "not trusted" in tls["detail"]
