@@ -433,12 +433,18 @@ class TestAnswerDone:
         out = feed(asm, [chunk(1, "after", 1, b"b", last=True), chunk(1, "after", 0, b"a")])
         assert [s.mp3 for s in out] == [b"ab"]
 
+    @pytest.mark.parametrize("padded", [True, False], ids=["per-chunk-base64", "cut-text"])
     @pytest.mark.parametrize("progressive", [True, False])
-    def test_chunks_after_the_final_answer_in_both_modes(self, progressive: bool) -> None:
+    def test_chunks_after_the_final_answer_in_both_modes(self, progressive: bool,
+                                                         padded: bool) -> None:
         mp3 = bytes(range(256)) * 3
-        text = b64(mp3)
-        cuts = [0, 101, 550, 998, len(text)]
-        parts = [text[a:b] for a, b in zip(cuts, cuts[1:])]
+        if padded:      # each chunk encoded on its own: the old decoder took these too
+            cuts = [0, 100, 400, 700, len(mp3)]
+            parts = [b64(mp3[a:b]) for a, b in zip(cuts, cuts[1:])]
+        else:
+            text = b64(mp3)
+            cuts = [0, 101, 550, 998, len(text)]
+            parts = [text[a:b] for a, b in zip(cuts, cuts[1:])]
         asm = Assembler(progressive=progressive)
         got = played(asm.add(chunk(4, 0, 0, raw=parts[0]), 0))
         got += played(asm.add(chunk(4, 0, 1, raw=parts[1]), 0))
