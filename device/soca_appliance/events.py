@@ -44,7 +44,15 @@ class EventLog:
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """``listener(record)`` is called in the emitter's thread (which may hold the
+        orchestrator's lock): it must not block; the web feed queues and returns."""
         self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        try:
+            self._listeners.remove(listener)
+        except ValueError:
+            pass
 
     def emit(self, event: str, **fields: Any) -> None:
         record = {"ts": round(time.time(), 3), "event": event, **fields}
