@@ -270,6 +270,18 @@ class TestSeq:
         assert asm.pending == 0
         assert asm.current_seq == 4
 
+    def test_observe_seq_of_any_message(self) -> None:
+        # the orchestrator applies the rule to every message: observe_seq(seq_of(msg))
+        from soca_appliance.protocol import parse, seq_of
+        asm = Assembler()
+        asm.add(chunk(1, "old", 0, b"a"), 0)
+        assert asm.observe_seq(seq_of(parse('{"type":"stt.partial","text":"x"}'))).barge_to is None
+        assert asm.pending == 1
+        out = asm.observe_seq(seq_of(parse('{"type":"error","message":"m","seq":2}')))
+        assert out.barge_to == 2 and asm.pending == 0 and asm.current_seq == 2
+        out = asm.observe_seq(seq_of(parse('{"type":"vad.onset","seq":3}')))
+        assert out.barge_to == 3
+
     def test_final_answer_of_a_higher_seq_is_a_barge(self) -> None:
         asm = Assembler()
         asm.add(chunk(1, 0, 0, b"a"), 0)

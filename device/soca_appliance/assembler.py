@@ -102,10 +102,11 @@ class Assembler:
 
     # --- inputs --------------------------------------------------------------------
 
-    def observe_seq(self, seq: int) -> Outcome:
-        """The seq rule, for every message that carries a seq."""
+    def observe_seq(self, seq: Optional[int]) -> Outcome:
+        """The seq rule, for every message that carries a seq (``protocol.seq_of``; None,
+        a message without one, changes nothing)."""
         out = Outcome()
-        if seq > self.current_seq:
+        if seq is not None and seq > self.current_seq:
             self._advance(seq, out)
         return out
 
