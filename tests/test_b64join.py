@@ -164,6 +164,30 @@ def test_not_base64_is_an_error(text: str) -> None:
         decode_joined(list(text))
 
 
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(mp3_like, min_size=1, max_size=6),
+       positions=st.lists(st.integers(0, 2000), max_size=6))
+def test_every_piece_of_a_valid_text_passes_clean(parts: list[bytes],
+                                                  positions: list[int]) -> None:
+    for piece in cut("".join(b64(p) for p in parts), positions):
+        assert clean(piece) == piece
+
+
+@pytest.mark.parametrize("text", ["===", "=" * 1000, "QQ" + "=" * 5, "==QQ===="])
+def test_a_padding_flood_is_refused_piece_by_piece(text: str) -> None:
+    with pytest.raises(B64Error):
+        clean(text)
+
+
+def test_a_padding_flood_out_of_order_is_not_kept() -> None:
+    # '=' carries no data, so the size cap alone would let these pile up unjoined
+    asm = Assembler(max_sentence_bytes=1000)
+    out = asm.add(SentenceChunk(seq=1, sentence_id=0, chunk_index=5, is_last=False,
+                                audio_b64="=" * 100_000), 0.0)
+    assert any("base64" in w for w in out.warnings)
+    assert asm.pending == 0
+
+
 def test_error_text_never_quotes_the_data() -> None:
     with pytest.raises(B64Error) as info:
         clean("SECRETSECRET%")

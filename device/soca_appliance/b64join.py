@@ -32,13 +32,22 @@ class B64Error(ValueError):
 
 
 def clean(text: str) -> str:
-    """``text`` without ASCII whitespace; :class:`B64Error` if a character is not base64."""
+    """``text`` (any piece of a base64 text) without ASCII whitespace; :class:`B64Error`
+    if a character is not base64 or it holds more padding than a piece can.
+
+    In base64 each run of at most two '=' follows at least two data characters of its
+    quantum, so a piece holds at most its data characters plus 2 (a run whose data is in
+    the piece before): the check keeps '='-only floods out of memory, since the size cap
+    counts data characters only."""
     text = text.translate(_WHITESPACE)
     match = _ALPHABET.match(text)
     if match is None or match.end() != len(text):
         bad = text[match.end() if match else 0]
         where = match.end() if match else 0
         raise B64Error(f"character {_describe(bad)} at position {where} is not base64")
+    pads = text.count("=")
+    if pads > len(text) - pads + 2:
+        raise B64Error(f"{pads} padding characters for {len(text) - pads} of data")
     return text
 
 
