@@ -43,6 +43,13 @@ class Leds:
 
 
 @dataclass(frozen=True)
+class Web:
+    """``[web]``: the kiosk screen and /metrics (see README "Kiosk screen and metrics")."""
+    listen: str = "127.0.0.1:8080"      # "" turns the server off
+    token: str = ""                     # required to listen beyond loopback
+
+
+@dataclass(frozen=True)
 class Config:
     # service
     url: str = DEFAULT_URL
@@ -81,6 +88,7 @@ class Config:
     button_pin: int = 17
     long_press: float = 2.0
     leds: Leds = field(default_factory=Leds)
+    web: Web = field(default_factory=Web)
     control_socket: str = "/run/soca-appliance/control.sock"
     log_format: str = "text"
     log_level: str = "info"
@@ -95,11 +103,13 @@ _CHOICES = {
 }
 _TOP_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _LED_FIELDS = {f.name: f for f in dataclasses.fields(Leds)}
+_WEB_FIELDS = {f.name: f for f in dataclasses.fields(Web)}
 
 
 def known_keys() -> list[str]:
-    keys = [name for name in _TOP_FIELDS if name != "leds"]
-    return keys + [f"leds.{name}" for name in _LED_FIELDS]
+    keys = [name for name in _TOP_FIELDS if name not in ("leds", "web")]
+    return (keys + [f"leds.{name}" for name in _LED_FIELDS]
+            + [f"web.{name}" for name in _WEB_FIELDS])
 
 
 def load(path: Optional[Path] = None, env: Optional[Mapping[str, str]] = None,
@@ -140,9 +150,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _flatten(data: dict[str, Any], where: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if key == "leds" and isinstance(value, dict):
+        if key in ("leds", "web") and isinstance(value, dict):
             for sub, subval in value.items():
-                flat[f"leds.{sub}"] = subval
+                flat[f"{key}.{sub}"] = subval
         else:
             flat[key] = value
     unknown = [k for k in flat if k not in known_keys()]
@@ -187,6 +197,8 @@ def _parse_env(key: str, text: str) -> Any:
 def _field_type(key: str) -> str:
     if key.startswith("leds."):
         return str(_LED_FIELDS[key[5:]].type)
+    if key.startswith("web."):
+        return str(_WEB_FIELDS[key[4:]].type)
     return str(_TOP_FIELDS[key].type)
 
 
@@ -219,15 +231,18 @@ def _check_type(key: str, value: Any, where: str) -> Any:
 def _build(values: dict[str, Any], where: str) -> Config:
     top: dict[str, Any] = {}
     leds: dict[str, Any] = {}
+    web: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known_keys():
             raise ConfigError(f"unknown key '{key}'; known keys: " + ", ".join(known_keys()))
         value = _check_type(key, value, where)
         if key.startswith("leds."):
             leds[key[5:]] = value
+        elif key.startswith("web."):
+            web[key[4:]] = value
         else:
             top[key] = value
-    cfg = Config(**top, leds=Leds(**leds))
+    cfg = Config(**top, leds=Leds(**leds), web=Web(**web))
     validate(cfg)
     return cfg
 
@@ -268,6 +283,7 @@ def validate(cfg: Config) -> None:
     if cfg.mixer_buffer < 64 or cfg.mixer_buffer > 8192:
         raise ConfigError(f"mixer_buffer must be 64..8192 samples; got {cfg.mixer_buffer}")
     check_url(cfg.url, cfg.allow_insecure)
+    check_web(cfg.web)
 
 
 def pin_roles(cfg: Config) -> list[tuple[str, int]]:
@@ -298,6 +314,36 @@ def _rgb_and_discrete(cfg: Config) -> bool:
     discrete = (cfg.leds.ready, cfg.leds.listening, cfg.leds.speaking, cfg.leds.error)
     return bool(cfg.leds.rgb) and any(pin is not None for pin in discrete)
 
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` or ``"[::1]:8080"`` -> (host, port); port 0 = any free port."""
+    host, sep, port = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+        number = int(port) if sep and port.isdigit() else -1
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"web.listen must be an IP address and port such as "
+                          f"\"127.0.0.1:8080\", \"0.0.0.0:8080\" or \"[::1]:8080\" (or \"\" for "
+                          f"no screen); got {listen!r}")
+    return host, number
+
+
+def check_web(web: Web) -> None:
+    if web.token and (len(web.token) < 16 or not all(33 <= ord(c) < 127 and c not in "\";,"
+                                                      for c in web.token)):
+        raise ConfigError("web.token must be at least 16 printable ASCII characters without "
+                          "spaces, quotes, ';' or ',' (e.g. the output of openssl rand -hex 16)")
+    if not web.listen:
+        return
+    host, _port = parse_listen(web.listen)
+    if not is_loopback(host) and not web.token:
+        raise ConfigError(f"web.listen = {web.listen!r} reaches beyond this machine: set "
+                          "web.token too (e.g. openssl rand -hex 16), or listen on 127.0.0.1")
 
 
 def check_url(url: str, allow_insecure: bool) -> None:
