@@ -11,6 +11,7 @@ from typing import Optional
 
 from ..config import is_loopback
 from .assets import AssetError
+from .chunking import CHUNKINGS
 from .server import Simulator
 
 log = logging.getLogger("soca.simulator")
@@ -50,6 +51,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "(default: the bundled assets)")
     parser.add_argument("--key-field", default="private_key",
                         help="name of the key field in start (default %(default)s)")
+    parser.add_argument("--chunking", choices=CHUNKINGS, default="text",
+                        help="how a sentence's base64 is cut into chunks: 'text' cuts the "
+                             "encoded text at random lengths, as the service may (default); "
+                             "'slices' encodes each MP3 slice on its own (each chunk padded)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random cuts of --chunking text (default %(default)s)")
     parser.add_argument("--allow-remote", action="store_true",
                         help="allow binding a non-loopback address (plain ws://, no TLS)")
     args = parser.parse_args(argv)
@@ -70,10 +77,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         log.info("expecting the key from %s", KEY_ENV)
     try:
         sim = Simulator(host=args.host, port=args.port, expected_key=expected,
-                        key_field=args.key_field, assets_dir=args.assets)
+                        key_field=args.key_field, assets_dir=args.assets,
+                        chunking=args.chunking, seed=args.seed)
     except AssetError as exc:
         log.error("%s", exc)
         return 1
+    log.info("sentence audio: chunking %s%s", args.chunking,
+             f" (seed {args.seed})" if args.chunking == "text" else "")
     try:
         asyncio.run(_serve_until_signal(sim))
     except KeyboardInterrupt:

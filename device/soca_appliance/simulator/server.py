@@ -20,26 +20,40 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from .assets import LANGS, load_assets
+from .chunking import CHUNKINGS
+from .gate import GateConfig
 from .session import SAMPLE_RATE, _Session, _Stats
 
 log = logging.getLogger("soca.simulator")
 
 START_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 16
-MAX_MESSAGE_BYTES = 64 * 1024           # a start message or a 50 ms frame is far smaller
+MAX_MESSAGE_BYTES = 64 * 1024           # 2 s of audio in one frame; the page's own are 256 ms
 HOOK_TIMEOUT_S = 2.0
 ERR_START = "must start with type=start"
 ERR_AUTH = "Invalid or expired token"
 
 
 class Simulator:
-    """The local voice-ws server. See the module docstring."""
+    """The local voice-ws server. See the package docstring.
+
+    ``chunking`` is how a sentence's base64 is cut into chunks (:mod:`.chunking`): ``"text"``
+    (the default: the encoded text cut at random lengths, from ``seed``) or ``"slices"``
+    (each MP3 slice encoded on its own). ``gate`` sets the barge-in gate (:mod:`.gate`).
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, expected_key: Optional[str] = None,
                  key_field: str = "private_key", assets_dir: Optional[Union[str, Path]] = None,
-                 chunk_delay: float = 0.02, sentence_delay: float = 0.1) -> None:
+                 chunk_delay: float = 0.02, sentence_delay: float = 0.1,
+                 chunking: str = "text", seed: int = 0,
+                 gate: Optional[GateConfig] = None) -> None:
         if not key_field:
             raise ValueError("key_field must not be empty")
+        if chunking not in CHUNKINGS:
+            raise ValueError(f"chunking must be one of {', '.join(CHUNKINGS)}, not {chunking!r}")
+        self.chunking = chunking
+        self.seed = int(seed)
+        self.gate = gate or GateConfig()
         self.host = host
         self.port = port
         self.key_field = key_field
@@ -58,7 +72,8 @@ class Simulator:
         self._bound_port: Optional[int] = None
 
     def __repr__(self) -> str:  # never shows the key
-        return f"Simulator(url={self.url!r}, key_field={self.key_field!r})"
+        return (f"Simulator(url={self.url!r}, key_field={self.key_field!r}, "
+                f"chunking={self.chunking!r})")
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -272,7 +287,7 @@ class Simulator:
         return session
 
     async def _refuse(self, ws: ServerConnection, peer: str, message: str, why: str) -> None:
-        log.info("connection from %s refused: %s", peer, why)
+        log.warning("connection from %s refused with %r: %s", peer, message, why)
         try:
             await ws.send(json.dumps({"type": "error", "message": message}))
             await ws.close(1008, message)

@@ -1,18 +1,20 @@
 """One simulated voice-ws session: what the server does after an accepted ``start``.
 
 Owns the per-connection state: voice activity detection on the uploaded PCM (webrtcvad, in
-20 ms sub-frames), canned ``stt.partial``/``stt.final`` transcripts, the answer in flight
-(chunked MP3 sentences, then ``final_answer``), sequence numbers and barge-in. Also the
-server-wide counters (:class:`_Stats`).
+20 ms sub-frames; binary frames of any even length are audio), canned ``stt.partial``/
+``stt.final`` transcripts, the answer in flight (chunked MP3 sentences, then
+``final_answer``), sequence numbers and barge-in (through :class:`.gate.BargeGate`). Every
+protocol error sent to the client is also logged. Also the server-wide counters
+(:class:`_Stats`).
 """
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import copy
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -23,7 +25,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from .assets import _Turn
-from .chunking import split_chunks
+from .chunking import sentence_texts
+from .gate import BargeGate, Verdict
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -33,19 +36,18 @@ log = logging.getLogger("soca.simulator")
 SAMPLE_RATE = 16000
 SUBFRAME_BYTES = 640                    # 20 ms of PCM16LE mono 16 kHz: one VAD decision
 SUBFRAME_S = 0.02
-ALLOWED_FRAME_BYTES = (640, 1280, 1600)
 VAD_MODE = 2
 ONSET_WINDOW = 5                        # sub-frames looked at for a speech onset
 ONSET_VOICED = 3                        # voiced sub-frames in that window = onset
 PARTIAL_EVERY = 15                      # 300 ms of speech between partials
 END_SILENCE = 25                        # 500 ms of non-speech ends the utterance
 MIN_UTTERANCE = 10                      # under 200 ms of speech: empty final, no answer
-BARGE_MIN_SPEECH = 15                   # 300 ms of speech while answering: barge
 PLAYBACK_MARGIN_S = 0.5
 
 _STAT_KEYS = ("connections", "starts_ok", "auth_failures", "frames_received", "bytes_received",
               "frames_rejected", "stops_received", "barges_received", "barges_sent",
-              "partials_sent", "finals_sent", "answers_sent")
+              "partials_sent", "finals_sent", "answers_sent", "errors_sent",
+              "barges_cooled_down", "barges_too_late")
 
 
 class _Stats:
@@ -91,7 +93,10 @@ class _Session:
         self.last_voiced = 0
         self.silence_run = 0
         self.partials = 0
-        self.barged = False
+        self.barged = False                # this utterance barged, or never will
+        self.cooled = False                # this utterance was held back by the cooldown
+        self.gate = BargeGate(sim.gate)
+        self.rng = random.Random(sim.seed)  # where the base64 texts are cut: repeatable
         self.answer_task: Optional[asyncio.Task[None]] = None
         self.answer_active = False
         self.answering_until = 0.0
@@ -104,15 +109,19 @@ class _Session:
             await self.ws.send(json.dumps(obj))
 
     async def error(self, message: str) -> None:
+        self.sim._stats.add("errors_sent")
+        log.warning("session %s: protocol error sent to the client: %s", self.session_id, message)
         await self.send({"type": "error", "message": message})
 
     # --- audio ---------------------------------------------------------------------------
 
     async def audio(self, data: bytes) -> None:
-        if len(data) not in ALLOWED_FRAME_BYTES:
+        # Any even length is PCM16 (the page recommends 20-50 ms, its own browser client
+        # sends 4096-sample frames): a server is liberal in what it accepts.
+        if len(data) % 2:
             self.sim._stats.add("frames_rejected")
-            await self.error(f"binary frame of {len(data)} bytes rejected: send PCM16LE mono "
-                             f"16 kHz frames of 640, 1280 or 1600 bytes (20, 40 or 50 ms)")
+            await self.error(f"binary frame of {len(data)} bytes rejected: PCM16LE needs an "
+                             f"even number of bytes (2 per sample)")
             return
         self.sim._stats.add("frames_received")
         self.sim._stats.add("bytes_received", len(data))
@@ -128,13 +137,16 @@ class _Session:
         self.frame_no += 1
         if not self.in_speech:
             self.window.append((idx, voiced))
-            if sum(1 for _, v in self.window if v) >= ONSET_VOICED:
+            voiced_count = sum(1 for _, v in self.window if v)
+            if voiced_count >= ONSET_VOICED:
                 self.in_speech = True
                 self.speech_start = next(i for i, v in self.window if v)
                 self.last_voiced = idx
                 self.silence_run = 0
                 self.partials = 0
                 self.barged = False
+                self.cooled = False
+                self.gate.onset(self.speech_start, voiced_count)
                 self.window.clear()
                 log.debug("session %s: speech onset at %.2f s of audio",
                           self.session_id, self.speech_start * SUBFRAME_S)
@@ -142,6 +154,7 @@ class _Session:
         if voiced:
             self.last_voiced = idx
             self.silence_run = 0
+            self.gate.voiced()
         else:
             self.silence_run += 1
         length = idx - self.speech_start + 1
@@ -151,10 +164,8 @@ class _Session:
             text = " ".join(words[:min(len(words), self.partials + 1)])
             self.sim._stats.add("partials_sent")
             await self.send({"type": "stt.partial", "text": text})
-        voiced_span = self.last_voiced - self.speech_start + 1
-        if not self.barged and voiced_span >= BARGE_MIN_SPEECH and self.answering():
-            self.barged = True
-            await self.barge("content_partial")
+        if not self.barged and self.answering():
+            await self.maybe_barge(idx)
         if self.silence_run >= END_SILENCE:
             await self.end_of_utterance()
 
@@ -203,11 +214,11 @@ class _Session:
                 await asyncio.sleep(self.sim.sentence_delay)
                 self.sentence_ids += 1
                 sid = self.sentence_ids
-                chunks = split_chunks(sentence.mp3)
+                chunks = sentence_texts(sentence.mp3, self.sim.chunking, self.rng)
                 for index, chunk in enumerate(chunks):
                     msg: dict[str, Any] = {
                         "stepType": "sentence", "chatId": chat_id, "sentenceId": sid,
-                        "audioBase64": base64.b64encode(chunk).decode("ascii"),
+                        "audioBase64": chunk,
                         "audioMime": "audio/mp3", "chunkIndex": index, "isLastChunk": False,
                         "seq": seq}
                     if index == 0:
@@ -232,6 +243,24 @@ class _Session:
         finally:
             self.answer_active = False
 
+    async def maybe_barge(self, idx: int) -> None:
+        """Speech while the agent answers: barge if the gate says it is meaningful."""
+        verdict = self.gate.evaluate(idx)
+        if verdict is Verdict.BARGE:
+            self.barged = True
+            await self.barge("content_partial")
+        elif verdict is Verdict.LATE:
+            self.barged = True                           # its window closed: never
+            self.sim._stats.add("barges_too_late")
+            log.info("session %s: no barge: %.2f s of voiced speech in the %.1f s after "
+                     "onset", self.session_id, self.gate.voiced_s, self.gate.config.window_s)
+        elif verdict is Verdict.COOLDOWN and not self.cooled:
+            self.cooled = True
+            self.sim._stats.add("barges_cooled_down")
+            log.info("session %s: barge held back: last barge %.2f s ago (cooldown %.1f s)",
+                     self.session_id, self.gate.since_last_barge(idx),
+                     self.gate.config.cooldown_s)
+
     async def cancel_answer(self) -> None:
         task, self.answer_task = self.answer_task, None
         if task is not None and not task.done():
@@ -244,6 +273,7 @@ class _Session:
         await self.cancel_answer()
         self.seq += 1
         self.seq_used = False
+        self.gate.barged(self.frame_no)
         self.sim._stats.add("barges_sent")
         await self.send({"type": "barge", "seq": self.seq, "reason": reason})
         log.info("session %s: barge (%s), seq is now %d", self.session_id, reason, self.seq)
