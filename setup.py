@@ -10,7 +10,8 @@ setup(
     python_requires=">=3.11",
     package_dir={"": "device"},
     packages=find_packages("device"),
-    package_data={"soca_appliance": ["assets/*.mp3", "assets/*.wav", "assets/*.json"]},
+    package_data={"soca_appliance": ["assets/*.mp3", "assets/*.wav", "assets/*.json"],
+                  "soca_appliance.web": ["static/*.html", "static/*.css", "static/*.js"]},
     install_requires=[
         "pyaudio>=0.2.13",
         "websocket-client>=1.7",
@@ -20,9 +21,10 @@ setup(
         "pygame>=2.5",
         "soxr>=0.3",
         "websockets>=12",
+        "prometheus_client>=0.17",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "hypothesis>=6", "selenium>=4.10"],
         "assets": ["lameenc>=1.5"],
     },
     entry_points={

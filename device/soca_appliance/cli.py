@@ -66,6 +66,8 @@ def _appliance_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--duplex", choices=("half", "full"), help="echo policy")
     p.add_argument("--gpio", choices=("auto", "mock", "off"), help="button and LEDs")
     p.add_argument("--control-socket", metavar="PATH", help="local control socket path")
+    p.add_argument("--web-listen", metavar="HOST:PORT",
+                   help='kiosk screen and /metrics address ("" for none)')
     p.add_argument("--log-format", choices=("text", "json"), help="event log format")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
@@ -73,7 +75,8 @@ def _appliance_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("url", "agent_id", "lang", "input", "mic", "vad", "duplex", "gpio",
             "control_socket", "log_format", "log_level")
-    return {k: getattr(args, k, None) for k in keys}
+    return {**{k: getattr(args, k, None) for k in keys},
+            "web.listen": getattr(args, "web_listen", None)}
 
 
 # Commands with their own argument parser: everything after the name is theirs (argparse's
@@ -141,10 +144,15 @@ def run_appliance(cfg: Config, key: str, stop: Optional[threading.Event] = None,
     events = EventLog(cfg.log_format, redactor=Redactor([key]))
     setup_logging(events, cfg.log_level)
     source = make_source(cfg)
+    meter = None
+    if cfg.web.listen:                      # the screen's mic level: a tap on the frames
+        from .web.level import LevelTap
+        source = LevelTap(source)
+        meter = source.meter
     app = Appliance(cfg, events, source, key)
     notifier = Notifier(os.environ)
     stop = stop or threading.Event()
-    with _signals(stop), _control(cfg, app):
+    with _signals(stop), _control(cfg, app), _web(cfg, app, events, meter, key):
         app.start()
         notifier.ready()
         if until_idle_after_input:
@@ -184,6 +192,22 @@ def _control(cfg: Config, app: Any) -> Iterator[None]:
         except ControlError as exc:
             log.warning("control socket unavailable: %s; running without it", exc)
             server = None
+    try:
+        yield
+    finally:
+        if server is not None:
+            server.close()
+
+
+@contextlib.contextmanager
+def _web(cfg: Config, app: Any, events: Any, meter: Any, key: str) -> Iterator[None]:
+    """The kiosk screen and /metrics; the appliance runs without them when they cannot bind."""
+    server = None
+    if cfg.web.listen:
+        from .web import serve              # only now: http.server costs memory
+        host, port = config.parse_listen(cfg.web.listen)
+        server = serve(host, port, cfg.web.token, cfg.lang, __version__, app, events, meter,
+                       private_key=key)
     try:
         yield
     finally:
@@ -236,7 +260,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     overrides.update(lang=lang, agent_id="demo-agent", gpio=overrides.get("gpio") or "mock",
                      input=overrides.get("input") or str(_asset(f"demo-{lang}.wav")),
                      # an installed service may own the default socket: none unless asked
-                     control_socket=overrides.get("control_socket") or "")
+                     control_socket=overrides.get("control_socket") or "",
+                     **{"web.listen": overrides.get("web.listen") or ""})
     key = "demo-" + os.urandom(8).hex()
     note = _ensure_audio_output()
     # The simulator's websockets library chats at INFO; the demo shows the conversation.
