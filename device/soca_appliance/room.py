@@ -1,0 +1,365 @@
+"""A simulated room for the echo tests and the bench: a speaker, air and a microphone.
+
+Owns the room's acoustics (pure numpy: a speaker's band-limit and soft clipping, a delay,
+a reverberant impulse response, near-end voice and noise, streamed block by block), a
+private PulseAudio daemon with two null sinks (``speaker``: what the appliance plays,
+through SDL's ``pulse`` driver; ``mic``: whose monitor the appliance records through
+PyAudio's ``pulse`` device), and the room process between them (``python -m
+soca_appliance.room``): it reads the speaker's monitor, applies the room, adds the voice
+it is told to say (commands on stdin) and plays the sum into the mic sink. It reports on
+stdout, in its own sample clock, when each utterance started and when the speaker went
+quiet, so a barge's latency is measured on one clock. Never used by the appliance itself.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Optional
+
+import numpy as np
+
+RATE = 16000
+BLOCK = 320                       # 20 ms
+
+
+# --- acoustics ------------------------------------------------------------------------------
+
+def bandpass_fir(low: float, high: float, taps: int = 255, rate: int = RATE) -> np.ndarray:
+    """A windowed-sinc band-pass: a small speaker has no bass and little top."""
+    n = np.arange(taps) - (taps - 1) / 2
+
+    def lowpass(fc: float) -> np.ndarray:
+        return 2 * fc / rate * np.sinc(2 * fc / rate * n)
+    h = (lowpass(high) - lowpass(low)) * np.hamming(taps)
+    return h.astype(np.float64)
+
+
+def reverb_ir(rt60: float = 0.3, delay_ms: float = 40.0, drr_db: float = 0.0,
+              rate: int = RATE, seed: int = 7) -> np.ndarray:
+    """A direct path after ``delay_ms`` and an exponentially decaying diffuse tail whose
+    energy is ``drr_db`` below the direct path's (direct-to-reverberant ratio: a mic a few
+    centimetres from the speaker hears mostly the direct sound)."""
+    rng = np.random.default_rng(seed)
+    d = int(rate * delay_ms / 1000)
+    length = int(rate * rt60)
+    t = np.arange(length) / rate
+    tail = rng.standard_normal(length) * np.exp(-6.9 * t / rt60)
+    tail[:int(0.003 * rate)] = 0.0                 # first reflections a few ms later
+    tail *= np.sqrt(10 ** (-drr_db / 10) / np.sum(tail ** 2))
+    h = np.zeros(d + length)
+    h[d] = 1.0
+    h[d:] += tail
+    return h / np.sqrt(np.sum(h ** 2))
+
+
+def soft_clip(x: np.ndarray, knee: float = 0.5) -> np.ndarray:
+    """A speaker driven hard: linear below ``knee`` of full scale, tanh above."""
+    y = x / 32768.0
+    over = np.abs(y) > knee
+    y[over] = np.sign(y[over]) * (knee + (1 - knee) * np.tanh((np.abs(y[over]) - knee)
+                                                               / (1 - knee)))
+    return y * 32768.0
+
+
+class StreamConvolver:
+    """Block-wise overlap-add FFT convolution, so a stream is filtered without seams."""
+
+    def __init__(self, h: np.ndarray, block: int = BLOCK) -> None:
+        self.h = np.asarray(h, dtype=np.float64)
+        self.size = 1 << int(np.ceil(np.log2(block + len(h) - 1)))
+        self.H = np.fft.rfft(self.h, self.size)
+        self.tail = np.zeros(self.size)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        y = np.fft.irfft(np.fft.rfft(x, self.size) * self.H, self.size)
+        y[:self.size] += self.tail
+        out = y[:n].copy()
+        self.tail = np.concatenate([y[n:], np.zeros(n)])
+        return out
+
+
+@dataclass
+class RoomSettings:
+    echo_gain: float = 1.0         # linear gain from speaker PCM to mic
+    delay_ms: float = 40.0
+    rt60: float = 0.3
+    drr_db: float = 0.0            # direct-to-reverberant energy ratio
+    noise_dbfs: float = -65.0
+    band: tuple[float, float] = (200.0, 6000.0)
+    clip_knee: float = 0.5
+    drift: float = 0.0             # mic clock faster by this fraction (0.0001 = 0.01 %)
+
+
+class Room:
+    """Speaker PCM in, mic PCM out, block by block (float, full scale 32768)."""
+
+    def __init__(self, settings: RoomSettings, seed: int = 3) -> None:
+        self.s = settings
+        self._band = StreamConvolver(bandpass_fir(*settings.band))
+        self._air = StreamConvolver(reverb_ir(settings.rt60, settings.delay_ms, settings.drr_db))
+        self._rng = np.random.default_rng(seed)
+        self._noise = 32768.0 * 10 ** (settings.noise_dbfs / 20)
+        self._phase = 0.0
+        self._carry = np.zeros(0)
+
+    @property
+    def latency_ms(self) -> float:
+        """Speaker to mic: the air's delay plus the band-limit filter's group delay."""
+        return self.s.delay_ms + 1000.0 * (len(self._band.h) - 1) / 2 / RATE
+
+    def echo(self, speaker: np.ndarray) -> np.ndarray:
+        x = self._band.process(np.asarray(speaker, dtype=np.float64))
+        x = soft_clip(x, self.s.clip_knee)
+        return self._air.process(x) * self.s.echo_gain
+
+    def mic(self, speaker: np.ndarray, near: Optional[np.ndarray] = None) -> np.ndarray:
+        y = self.echo(speaker) + self._rng.standard_normal(len(speaker)) * self._noise
+        if near is not None:
+            y[:len(near)] += near
+        return self._resample_drift(y)
+
+    def _resample_drift(self, y: np.ndarray) -> np.ndarray:
+        """A mic clock ``drift`` faster: linear interpolation at a slightly longer step."""
+        if not self.s.drift:
+            return y
+        buf = np.concatenate([self._carry, y])
+        step = 1.0 + self.s.drift
+        pos = self._phase + np.arange(len(y)) * step
+        pos = pos[pos < len(buf) - 1]
+        out = np.interp(pos, np.arange(len(buf)), buf)
+        nxt = pos[-1] + step if len(pos) else self._phase
+        keep = int(nxt)
+        self._carry, self._phase = buf[keep:], nxt - keep
+        out = np.concatenate([out, np.full(len(y) - len(out), out[-1] if len(out) else 0.0)]) \
+            if len(out) < len(y) else out
+        return out
+
+
+def level_for(voice: np.ndarray, echo_over_voice_db: float, speaker: np.ndarray,
+              settings: RoomSettings) -> float:
+    """The echo gain that makes the echo of ``speaker`` that many dB louder than ``voice``."""
+    probe = Room(RoomSettings(**{**settings.__dict__, "echo_gain": 1.0, "noise_dbfs": -200}))
+    e = probe.echo(speaker)
+    active = lambda x: np.sqrt(np.mean(x[np.abs(x) > 0.05 * np.max(np.abs(x))] ** 2))  # noqa: E731
+    return float(active(voice) / active(e) * 10 ** (echo_over_voice_db / 20))
+
+
+# --- the PulseAudio rig ------------------------------------------------------------------------
+
+class PulseRig:
+    """A private PulseAudio daemon (own HOME, runtime dir and socket) with null sinks
+    ``speaker`` and ``mic``. ``env`` is what SDL, PortAudio and pacat need to use it."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="soca-room-"))
+        self.socket = self.dir / "native"
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        runtime = self.dir / "run"
+        runtime.mkdir(mode=0o700)
+        self.env = {**os.environ, "HOME": str(self.dir), "XDG_RUNTIME_DIR": str(runtime),
+                    "PULSE_SERVER": f"unix:{self.socket}", "PULSE_SINK": "speaker",
+                    "PULSE_SOURCE": "mic.monitor", "SDL_AUDIODRIVER": "pulse"}
+
+    def start(self, timeout: float = 10.0) -> "PulseRig":
+        script = self.dir / "room.pa"
+        script.write_text(
+            f"load-module module-native-protocol-unix socket={self.socket} auth-anonymous=1\n"
+            f"load-module module-null-sink sink_name=speaker rate={RATE} channels=1\n"
+            f"load-module module-null-sink sink_name=mic rate={RATE} channels=1\n"
+            "set-default-sink speaker\nset-default-source mic.monitor\n")
+        self.proc = subprocess.Popen(
+            ["pulseaudio", "-n", "-F", str(script), "--daemonize=no", "--exit-idle-time=-1",
+             "--use-pid-file=no", "--system=false", "--disallow-exit", "--log-target=stderr",
+             "--log-level=error"], env=self.env, stdout=subprocess.DEVNULL,
+            stderr=(self.dir / "pulse.log").open("wb"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pulseaudio exited: {(self.dir / 'pulse.log').read_text()}")
+            if subprocess.run(["pactl", "info"], env=self.env, capture_output=True).returncode == 0:
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("pulseaudio did not come up")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "PulseRig":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RoomProcess:
+    """``python -m soca_appliance.room`` on a rig; :meth:`say` queues an utterance and
+    returns its start in the room's clock (seconds); :attr:`quiet_at` lists when the
+    speaker went quiet (same clock)."""
+
+    def __init__(self, rig: PulseRig, settings: RoomSettings, latency_ms: int = 20) -> None:
+        args = [sys.executable, "-m", "soca_appliance.room", "--echo-gain", str(settings.echo_gain),
+                "--delay-ms", str(settings.delay_ms), "--rt60", str(settings.rt60),
+                "--noise-dbfs", str(settings.noise_dbfs), "--drift", str(settings.drift),
+                "--latency-ms", str(latency_ms)]
+        self.proc = subprocess.Popen(args, env=rig.env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._lock = threading.Lock()
+        self._said: dict[int, float] = {}
+        self.quiet_at: list[float] = []
+        self.loud_at: list[float] = []
+        self.t = 0.0
+        self._cond = threading.Condition(self._lock)
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,),
+                                        name="room-reader", daemon=True)
+        self._reader.start()
+        self._n = 0
+
+    def _read(self, out: IO[str]) -> None:
+        for line in out:
+            parts = line.split()
+            with self._cond:
+                if parts[:1] == ["said"]:
+                    self._said[int(parts[1])] = float(parts[2])
+                elif parts[:1] == ["quiet"]:
+                    self.quiet_at.append(float(parts[1]))
+                elif parts[:1] == ["loud"]:
+                    self.loud_at.append(float(parts[1]))
+                elif parts[:1] == ["t"]:
+                    self.t = float(parts[1])
+                self._cond.notify_all()
+
+    def say(self, raw16k: Path, gain: float = 1.0, timeout: float = 5.0) -> float:
+        assert self.proc.stdin is not None
+        with self._cond:
+            self._n += 1
+            n = self._n
+        self.proc.stdin.write(f"say {n} {gain} {raw16k}\n")
+        self.proc.stdin.flush()
+        with self._cond:
+            if not self._cond.wait_for(lambda: n in self._said, timeout):
+                raise RuntimeError("the room did not start the utterance")
+            return self._said[n]
+
+    def wait_quiet_after(self, t: float, timeout: float) -> Optional[float]:
+        with self._cond:
+            self._cond.wait_for(lambda: any(q > t for q in self.quiet_at), timeout)
+            later = [q for q in self.quiet_at if q > t]
+            return later[0] if later else None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                self.proc.wait(3)
+
+
+# --- the room process -------------------------------------------------------------------------
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m soca_appliance.room")
+    p.add_argument("--echo-gain", type=float, default=1.0)
+    p.add_argument("--delay-ms", type=float, default=40.0)
+    p.add_argument("--rt60", type=float, default=0.3)
+    p.add_argument("--noise-dbfs", type=float, default=-65.0)
+    p.add_argument("--drift", type=float, default=0.0)
+    p.add_argument("--latency-ms", type=int, default=20)
+    a = p.parse_args(argv)
+    room = Room(RoomSettings(echo_gain=a.echo_gain, delay_ms=a.delay_ms, rt60=a.rt60,
+                             noise_dbfs=a.noise_dbfs, drift=a.drift))
+    fmt = ["--raw", "--format=s16le", f"--rate={RATE}", "--channels=1",
+           f"--latency-msec={a.latency_ms}"]
+    rec = subprocess.Popen(["parec", "-d", "speaker.monitor", *fmt], stdout=subprocess.PIPE)
+    play = subprocess.Popen(["pacat", "--playback", "-d", "mic", *fmt], stdin=subprocess.PIPE)
+    assert rec.stdout is not None and play.stdin is not None
+    pending: list[tuple[int, np.ndarray]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def commands() -> None:
+        for line in sys.stdin:
+            parts = line.split(maxsplit=3)
+            if len(parts) == 4 and parts[0] == "say":
+                voice = np.fromfile(parts[3].strip(), dtype="<i2").astype(np.float64)
+                with lock:
+                    pending.append((int(parts[1]), voice * float(parts[2])))
+        stop.set()
+
+    threading.Thread(target=commands, daemon=True).start()
+    playing: list[np.ndarray] = []
+    sample = 0
+    loud = False
+    quiet_run = 0
+    try:
+        while not stop.is_set():
+            data = rec.stdout.read(BLOCK * 2)
+            if not data or len(data) < BLOCK * 2:
+                break
+            speaker = np.frombuffer(data, dtype="<i2").astype(np.float64)
+            with lock:
+                for n, voice in pending:
+                    playing.append(voice)
+                    print(f"said {n} {sample / RATE:.4f}", flush=True)
+                pending.clear()
+            near = np.zeros(BLOCK)
+            rest = []
+            for voice in playing:
+                near[:min(BLOCK, len(voice))] += voice[:BLOCK]
+                if len(voice) > BLOCK:
+                    rest.append(voice[BLOCK:])
+            playing = rest
+            out = room.mic(speaker, near)
+            play.stdin.write(np.clip(np.rint(out), -32768, 32767).astype("<i2").tobytes())
+            # The speaker counts as quiet after 60 ms under -60 dBFS (one clock with "said").
+            level = float(np.sqrt(np.mean(speaker ** 2)))
+            if level > 32.0:
+                if not loud:
+                    print(f"loud {sample / RATE:.4f}", flush=True)
+                loud, quiet_run = True, 0
+            elif loud:
+                quiet_run += 1
+                if quiet_run == 3:
+                    loud = False
+                    print(f"quiet {(sample - 2 * BLOCK) / RATE:.4f}", flush=True)
+            sample += BLOCK
+            if sample % RATE == 0:
+                print(f"t {sample / RATE:.4f}", flush=True)
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        rec.terminate()
+        try:
+            play.stdin.close()
+        except OSError:
+            pass
+        play.terminate()
+        rec.wait(3)
+        play.wait(3)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
