@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -107,54 +108,63 @@ def test_pyaudio_48k_is_resampled_with_anti_alias(alsa_mic, channels: int) -> No
     assert 20 * np.log10(rms_high / (0.3 / np.sqrt(2))) <= -40.0
 
 
-def test_device_loss_reopens_and_streaming_resumes(alsa_mic, monkeypatch) -> None:
+class _FlakyPyAudio:
+    """The real PyAudio, except that the first stream it opens misbehaves after 10
+    callbacks: ``mode`` "abort" ends it as a host error does (the USB mic was pulled),
+    "stall" keeps it open but delivers nothing more (a mic whose reads block on unplug)."""
+
+    def __init__(self, real: Any, mode: str) -> None:
+        self.pa, self.mode, self.streams = real, mode, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pa, name)
+
+    def open(self, **kwargs: Any) -> Any:
+        self.streams += 1
+        callback = kwargs["stream_callback"]
+        if self.streams == 1:
+            calls = {"n": 0}
+
+            def flaky(data: bytes, count: int, info: Any, status: int) -> tuple[None, int]:
+                calls["n"] += 1
+                if calls["n"] <= 10:
+                    return callback(data, count, info, status)
+                if self.mode == "abort":
+                    return None, 2                  # paAbort: the stream ends
+                time.sleep(0.005)                   # nothing comes from the device
+                return None, 0
+            kwargs["stream_callback"] = flaky
+        return self.pa.open(**kwargs)
+
+
+@pytest.mark.parametrize("mode", ["abort", "stall"])
+def test_device_loss_reopens_and_streaming_resumes(alsa_mic, monkeypatch, mode: str) -> None:
     device = alsa_mic(pcm16(tone(500, 2.0, RATE)), RATE, 1)
     real_open = mic_mod.open_pyaudio
-    opens = {"n": 0}
-
-    class FailingStream:
-        def __init__(self, stream: Any) -> None:
-            self.stream, self.reads = stream, 0
-
-        def read(self, n: int, exception_on_overflow: bool = True) -> bytes:
-            self.reads += 1
-            if self.reads > 10:
-                raise OSError(-9999, "Unanticipated host error")   # the USB mic was pulled
-            return self.stream.read(n, exception_on_overflow=exception_on_overflow)
-
-        def close(self) -> None:
-            self.stream.close()
-
-    class PyAudioWrapper:
-        def __init__(self) -> None:
-            self.pa = real_open()
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.pa, name)
-
-        def open(self, **kwargs: Any) -> Any:
-            stream = self.pa.open(**kwargs)
-            return FailingStream(stream) if opens["n"] == 1 else stream
+    made: list[_FlakyPyAudio] = []
 
     def counting_open() -> Any:
-        opens["n"] += 1
-        return PyAudioWrapper()
+        made.append(_FlakyPyAudio(real_open(), mode))
+        return made[-1]
 
     monkeypatch.setattr(mic_mod, "open_pyaudio", counting_open)
     errors: list[str] = []
     recovered = threading.Event()
     frames: list[Frame] = []
     mic = Microphone(device, on_error=errors.append, on_recover=recovered.set,
-                     retry_initial=0.05)
+                     retry_initial=0.05, stall_s=0.5)
     mic.start(frames.append)
     try:
         assert recovered.wait(5)
         count = len(frames)
-        wait_for(lambda: len(frames) > count + 20)
+        wait_for(lambda: len(frames) > count + 20, what="frames after the reopen")
     finally:
         mic.stop()
-    assert len(errors) == 1 and "Unanticipated host error" in errors[0]
-    assert mic.reopens == 1 and opens["n"] == 2
+    assert len(errors) == 1, errors
+    assert ("stalled" if mode == "stall" else "stream stopped") in errors[0]
+    assert mic.reopens == 1 and mic.stalls == (mode == "stall")
+    # The devices did not change: the same PyAudio instance, a second stream.
+    assert len(made) == 1 and made[0].streams == 2
 
 
 def test_missing_mic_is_reported_once_and_retried(alsa_mic) -> None:

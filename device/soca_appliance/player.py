@@ -7,8 +7,11 @@ decoded from memory (no temp files). A sentence is normally handed over complete
 is decoded again as it grows and only the new PCM is queued on the channel, which SDL_mixer
 plays back to back without a gap. ``stop_before(seq)`` silences the playing sentence at
 once and drops queued ones; callbacks tell the orchestrator when a sentence starts, stops
-and when the queue has drained. When the audio output cannot be opened the player says
-so, drops what it is given, and retries in the background.
+and when the queue has drained. When the audio output cannot be opened (or goes away)
+the player says so once, drops what it is given, and reopens it in the background
+(:mod:`output`: backoff, device presence, any exception from the mixer). Nothing that goes
+wrong in the player thread ends it: a fault is reported, the output reopened, and playback
+goes on.
 
 SDL's audio driver is whatever ``SDL_AUDIODRIVER`` says (``alsa``, ``pulse``, ``dummy``,
 ``disk``...); this module never sets it.
@@ -28,25 +31,15 @@ from typing import Callable, Optional
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")   # no banner on the kiosk's log
 import pygame  # noqa: E402
 
+from . import devices  # noqa: E402
 from .assembler import Piece, Sentence  # noqa: E402
-from .microphone import quiet_stderr  # noqa: E402
+from .backoff import Backoff  # noqa: E402
+from .output import AudioOutput, OutputInfo  # noqa: E402
 
 log = logging.getLogger("soca.player")
 
 SPEECH_CHANNEL = 0
 CUE_CHANNEL = 1
-
-
-@dataclass(frozen=True)
-class OutputInfo:
-    frequency: int
-    channels: int
-    buffer: int
-    driver: str
-
-    @property
-    def buffer_ms(self) -> float:
-        return 1000.0 * self.buffer / self.frequency
 
 
 @dataclass
@@ -84,17 +77,25 @@ class _Item:
 class Player:
     def __init__(self, callbacks: Optional[PlayerCallbacks] = None, *, frequency: int = 22050,
                  buffer: int = 512, max_queue: int = 32, retry_s: float = 5.0,
-                 prebuffer_s: float = 0.25) -> None:
+                 prebuffer_s: float = 0.25, retry_max_s: float = 60.0,
+                 presence: Optional[devices.PresenceCheck] = None,
+                 poll_s: float = 1.0) -> None:
         self.cb = callbacks or PlayerCallbacks()
         self.prebuffer_s = prebuffer_s      # progressive: audio in hand before starting
         self.frequency = frequency
         self.buffer = buffer
         self.max_queue = max_queue
-        self.retry_s = retry_s
+        self.output = AudioOutput(frequency, buffer, on_error=lambda m: self.cb.on_error(m),
+                                  on_output=self._output_open, presence=presence,
+                                  retry_s=retry_s, retry_max_s=retry_max_s, poll_s=poll_s)
         self.info: Optional[OutputInfo] = None
         self.played = 0
         self.dropped = 0
         self.underruns = 0
+        self.faults = 0                 # exceptions the player thread survived
+        self._refilling = False         # after an underrun: prebuffer again before resuming
+        self._lost_drops = 0            # sentences dropped in this outage
+        self._fault_backoff = Backoff(initial=0.5, cap=30.0)
         self._queue: deque[_Item] = deque()
         self._current: Optional[_Item] = None
         self._pending = bytearray()     # decoded PCM of the current item not yet queued
@@ -103,6 +104,19 @@ class Player:
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="player", daemon=True)
+
+    @property
+    def retry_s(self) -> float:
+        return self.output.retry_s
+
+    @retry_s.setter
+    def retry_s(self, value: float) -> None:       # first retry delay (tests shorten it)
+        self.output.retry_s = value
+        self.output._backoff = Backoff(initial=value, cap=max(value, self.output.retry_max_s),
+                                       jitter=0.1)
+        self.output._next_try = min(self.output._next_try, time.monotonic() + value)
+        with self._cond:
+            self._cond.notify_all()
 
     # --- API for other threads -----------------------------------------------------
 
@@ -155,7 +169,7 @@ class Player:
             try:
                 sound = pygame.mixer.Sound(file=io.BytesIO(wav_or_mp3))
                 pygame.mixer.Channel(CUE_CHANNEL).play(sound)
-            except pygame.error as exc:
+            except Exception as exc:  # noqa: BLE001 - a cue must never raise into a caller
                 log.warning("cue sound could not play: %s", exc)
                 return False
         return True
@@ -190,8 +204,12 @@ class Player:
             return False
         if self.info is None:
             self.dropped += 1
-            log.warning("no audio output: sentence seq %s id %r not played",
-                        sentence.seq, sentence.sentence_id)
+            self._lost_drops += 1
+            # Once per outage at warning level: a flood of sentences is not a flood of lines.
+            log.log(logging.WARNING if self._lost_drops == 1 else logging.DEBUG,
+                    "no audio output: sentence seq %s id %r not played%s", sentence.seq,
+                    sentence.sentence_id, " (and any more until it is back)"
+                    if self._lost_drops == 1 else "")
             return False
         if len(self._queue) >= self.max_queue:
             self.dropped += 1
@@ -223,10 +241,12 @@ class Player:
 
     def _halt(self) -> None:
         # The channel goes silent within one mixer buffer; its queued piece goes too.
-        try:
-            pygame.mixer.Channel(SPEECH_CHANNEL).stop()
-        except pygame.error:
-            pass
+        if self.info is not None:
+            try:
+                pygame.mixer.Channel(SPEECH_CHANNEL).stop()
+            except Exception:  # noqa: BLE001 - never raise into the caller's thread
+                pass
+        self._refilling = False
         if self._current is not None and self._current.started:
             self._quiet_since = time.monotonic()
         self._current = None
@@ -237,53 +257,68 @@ class Player:
     def _run(self) -> None:
         try:
             while not self._closed:
-                if self.info is None:
-                    if not self._open_output():
-                        with self._cond:
-                            self._cond.wait(self.retry_s)
+                try:
+                    if self.info is None:
+                        if not self.output.try_open():
+                            with self._cond:
+                                if not self._closed:
+                                    self._cond.wait(self.output.due_in())
                         continue
-                self._step()
+                    if self.output.lost():
+                        self._output_lost()
+                        continue
+                    self._step()
+                    self._fault_backoff.reset()
+                except Exception as exc:  # noqa: BLE001 - the player thread never dies
+                    self._fault(exc)
         finally:
-            self._close_output()
+            self.output.close()
 
-    def _open_output(self) -> bool:
-        try:
-            with quiet_stderr():    # SDL's ALSA backend prints pages about missing cards
-                pygame.mixer.init(frequency=self.frequency, size=-16, channels=1,
-                                  buffer=self.buffer)
-            pygame.mixer.set_num_channels(2)
-            freq, _fmt, channels = pygame.mixer.get_init()
-        except pygame.error as exc:
-            self.cb.on_error(f"audio output failed to open: {exc}; retrying in {self.retry_s:g} s")
-            return False
-        driver = os.environ.get("SDL_AUDIODRIVER") or "SDL default"
+    def _output_open(self, info: OutputInfo) -> None:
         with self._cond:
-            self.info = OutputInfo(freq, channels, self.buffer, driver)
-        log.debug("audio output open: %d Hz, %d channel(s), buffer %d samples (%.1f ms), "
-                 "driver %s", freq, channels, self.buffer, self.info.buffer_ms, driver)
-        self.cb.on_output(self.info)
-        return True
+            self.info = info
+            dropped, self._lost_drops = self._lost_drops, 0
+        if dropped:
+            log.info("audio output back: %d sentence(s) were not played meanwhile", dropped)
+        self.cb.on_output(info)
 
-    def _close_output(self) -> None:
-        if self.info is not None:
-            try:
-                pygame.mixer.quit()
-            except pygame.error:
-                pass
+    def _output_lost(self) -> None:
+        with self._cond:
+            self.info = None
+        self.stop_all("output lost")
+
+    def _fault(self, exc: Exception) -> None:
+        """Something in the player thread raised: say so, reset the output, go on."""
+        self.faults += 1
+        log.debug("player fault", exc_info=True)
+        delay = self._fault_backoff.next_delay()
+        if self._fault_backoff.attempts == 1:       # once per series of faults
+            self.cb.on_error(f"player fault: {type(exc).__name__}: {exc}; the audio output "
+                             f"is reopened")
+        with self._cond:
+            self.info = None
+        self.stop_all("error")
+        self.output.close()
+        with self._cond:
+            if not self._closed:
+                self._cond.wait(delay)
 
     def _step(self) -> None:
         with self._cond:
             if self._current is None:
-                while not self._closed and not self._queue:
-                    self._cond.wait(0.5)
+                if not self._queue:
+                    # Back to the loop now and then: it watches the device list.
+                    self._cond.wait(self.output.poll_s)
+                    return
                 if self._closed:
                     return
                 self._current = self._queue.popleft()
                 self._pending.clear()
+                self._refilling = False
             item = self._current
             snapshot = bytes(item.mp3) if item.stale() else None
             complete = item.complete
-        pcm = self._decode(item, snapshot) if snapshot is not None else None
+        pcm = self._decode(item, snapshot, complete) if snapshot is not None else None
         with self._cond:
             if item is not self._current or self._closed:
                 return                                  # stopped while decoding
@@ -315,23 +350,29 @@ class Player:
 
     def _push(self, item: _Item) -> bool:
         """Hand pending PCM to the channel (lock held). True when the sentence starts."""
+        channel = pygame.mixer.Channel(SPEECH_CHANNEL)
+        busy = channel.get_busy()
+        if item.started and not busy and not item.complete and not self._refilling:
+            # The network fell behind the speaker: gather a prebuffer again rather than
+            # resume on the one MP3 frame in hand and stall again right after it.
+            self.underruns += 1
+            self._refilling = True
         if not self._pending:
             return False
-        if (not item.started and not item.complete
+        if (not busy and not item.complete
+                and (not item.started or self._refilling)
                 and len(self._pending) < self._pcm_bytes(self.prebuffer_s)):
             return False                     # a little in hand first, against network jitter
-        channel = pygame.mixer.Channel(SPEECH_CHANNEL)
         if channel.get_queue() is not None:
             return False                     # the channel already holds the next piece
         sound = pygame.mixer.Sound(buffer=bytes(self._pending))
         now = time.monotonic()
-        if channel.get_busy():
+        if busy:
             channel.queue(sound)             # SDL_mixer starts it with no gap
         else:
-            if item.started:
-                self.underruns += 1          # the network fell behind the speaker
             channel.play(sound)
             self._ends_at = now
+            self._refilling = False
         self._ends_at = max(self._ends_at, now) + sound.get_length()
         self._pending.clear()
         first = not item.started
@@ -366,11 +407,13 @@ class Player:
         self._current = None
         self._pending.clear()
 
-    def _decode(self, item: _Item, mp3: bytes) -> Optional[bytes]:
+    def _decode(self, item: _Item, mp3: bytes, complete: bool) -> Optional[bytes]:
+        """PCM of ``mp3``, a snapshot of the item's bytes; ``complete``: that snapshot is the
+        whole sentence (read with it: the item may have completed since)."""
         try:
             return pygame.mixer.Sound(file=io.BytesIO(mp3)).get_raw()
         except pygame.error:
-            if not item.complete:
+            if not complete:
                 return None          # too little of the sentence yet to find a frame
             # SDL_mixer reports undecodable bytes as a missing libmodplug: say what it is.
             self.dropped += 1
