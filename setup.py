@@ -22,6 +22,9 @@ setup(
         "soxr>=0.3",
         "websockets>=12",
         "prometheus_client>=0.17",
+        # WebRTC AEC3 for voice barge-in (echo.py). No wheel for 32-bit ARM: there the
+        # appliance says so and runs half duplex.
+        "pywebrtc-audio>=0.2; platform_machine != 'armv7l' and platform_machine != 'armv6l'",
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "selenium>=4.10"],
