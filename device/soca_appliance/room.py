@@ -225,11 +225,16 @@ class RoomProcess:
         self.quiet_at: list[float] = []
         self.loud_at: list[float] = []
         self.t = 0.0
+        self.running = False
         self._cond = threading.Condition(self._lock)
         self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,),
                                         name="room-reader", daemon=True)
         self._reader.start()
         self._n = 0
+        with self._cond:            # the null sink's first block comes after ~2 s
+            if not self._cond.wait_for(lambda: self.running, 15.0):
+                self.close()
+                raise RuntimeError("the room process did not start")
 
     def _read(self, out: IO[str]) -> None:
         for line in out:
@@ -243,6 +248,8 @@ class RoomProcess:
                     self.loud_at.append(float(parts[1]))
                 elif parts[:1] == ["t"]:
                     self.t = float(parts[1])
+                elif parts[:1] == ["running"]:
+                    self.running = True
                 self._cond.notify_all()
 
     def say(self, raw16k: Path, gain: float = 1.0, timeout: float = 5.0) -> float:
@@ -319,6 +326,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not data or len(data) < BLOCK * 2:
                 break
             speaker = np.frombuffer(data, dtype="<i2").astype(np.float64)
+            if sample == 0:
+                print("running", flush=True)
             with lock:
                 for n, voice in pending:
                     playing.append(voice)
