@@ -84,10 +84,12 @@ class Metrics:
                  temperature: Callable[[], Optional[float]] = read_temperature,
                  under_voltage_file: Optional[Path] = None) -> None:
         from prometheus_client import CollectorRegistry
-        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import exposition
 
-        self._generate = generate_latest
-        self.content_type = CONTENT_TYPE_LATEST
+        self._generate = exposition.generate_latest
+        # The classic text format every Prometheus (2.x and 3.x) reads; our names are plain.
+        self.content_type = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4",
+                                    exposition.CONTENT_TYPE_LATEST)
         self.status, self.telemetry, self.meter, self.version = status, telemetry, meter, version
         self.temperature = temperature
         self.under_voltage_file = under_voltage_file or find_under_voltage_file()

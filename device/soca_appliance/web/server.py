@@ -219,6 +219,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "soca-appliance"
     sys_version = ""
     timeout = READ_TIMEOUT
+    default_request_version = "HTTP/1.0"   # errors about a bad request line keep a status line
     error_content_type = "text/plain; charset=utf-8"
     error_message_format = "%(code)d %(message)s\n"
 
@@ -235,6 +236,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(431, b"431 request too large\n")
         except (ConnectionError, TimeoutError):
             pass                                    # the client left or went quiet
+
+    def version_string(self) -> str:
+        return self.server_version
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
         log.debug("web %s: " + format, self.client_address[0], *args)
@@ -440,6 +444,8 @@ def _is_loopback(ip: str) -> bool:
 def _host_ok(host: str) -> bool:
     """``Host`` names the kiosk by address or as localhost (not a rebinding domain)."""
     name = host.strip()
+    if not name:
+        return True                 # HTTP/1.0 tools omit it; browsers always send one
     if name.startswith("["):
         name = name[1:].split("]", 1)[0]
     elif name.count(":") == 1:

@@ -1,0 +1,582 @@
+"""The kiosk's web server without a browser: real HTTP on 127.0.0.1 (and on this machine's
+own address for the token), the SSE feed, /metrics parsed by prometheus_client, bad
+requests of every kind, the [web] config, the mic level tap, and `run` serving it."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from conftest import ASSETS, wait_for
+from soca_appliance import config
+from soca_appliance.events import EventLog, Redactor
+from soca_appliance.web import WebServer, WebSettings, serve
+from soca_appliance.web.feed import CLIENT_QUEUE, Feed
+from soca_appliance.web.level import LevelTap, MicMeter
+from web_helpers import (SseStream, non_loopback_address, post_json, raw, request,
+                         status_of)
+
+TOKEN = "t0ken-" + "x" * 20
+KEY = "private-key-never-shown-0123456789"
+
+
+class FakeApp:
+    """Records calls on the button's code path; status() like Appliance.status()."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.muted = False
+        self.state = "ready"
+        self.faults: list[str] = []
+        self.counters = {"frames_captured": 500, "frames_sent": 480,
+                         "frames_dropped_not_ready": 7, "frames_dropped_full": 3,
+                         "sentences_played": 4, "sentences_dropped": 1, "connects": 3,
+                         "connect_attempts": 5, "barges_button": 2, "barges_server": 1}
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state, "connected": self.state != "connecting",
+                "session_id": "s1", "seq": 2, "muted": self.muted, "faults": self.faults,
+                "counters": dict(self.counters)}
+
+    def press(self, source: str = "button") -> str:
+        self.calls.append(("press", source))
+        return "barged"
+
+    def set_muted(self, muted: bool) -> None:
+        self.calls.append(("set_muted", muted))
+        self.muted = muted
+
+
+@pytest.fixture
+def events() -> EventLog:
+    return EventLog("json", stream=io.StringIO(), redactor=Redactor([KEY]))
+
+
+def _server(app: Any, events: EventLog, **kw: Any) -> WebServer:
+    meter = kw.pop("meter", None)
+    trusted = kw.pop("trusted", None)
+    feed = Feed()
+    feed.attach(events)
+    settings = WebSettings(**{"host": "127.0.0.1", "port": 0, "lang": "en",
+                              "version": "9.9.9", **kw})
+    server = (WebServer(settings, app, feed, meter) if trusted is None
+              else WebServer(settings, app, feed, meter, trusted=trusted))
+    server.start()
+    return server
+
+
+@pytest.fixture
+def app() -> FakeApp:
+    return FakeApp()
+
+
+@pytest.fixture
+def web(app: FakeApp, events: EventLog) -> Iterator[WebServer]:
+    server = _server(app, events)
+    yield server
+    server.close()
+
+
+# --- pages and buttons --------------------------------------------------------------------
+
+@pytest.mark.parametrize("lang", ["en", "id"])
+def test_page_is_served_in_the_configured_language(app: FakeApp, events: EventLog,
+                                                   lang: str) -> None:
+    server = _server(app, events, lang=lang)
+    try:
+        status, headers, body = request(server.port, "GET", "/")
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert f'<html lang="{lang}">'.encode() in body
+        for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+            status, headers, asset = request(server.port, "GET", f"/static/{name}")
+            assert status == 200 and headers["content-type"].startswith(kind) and asset
+    finally:
+        server.close()
+
+
+def test_stop_and_mute_go_through_the_button_code_path(web: WebServer, app: FakeApp) -> None:
+    assert post_json(web.port, "/api/stop", {}) == (200, {"ok": True, "result": "barged"})
+    assert post_json(web.port, "/api/mute", {"muted": True}) == (200, {"ok": True,
+                                                                       "muted": True})
+    assert post_json(web.port, "/api/mute", {"muted": False})[0] == 200
+    assert app.calls == [("press", "screen"), ("set_muted", True), ("set_muted", False)]
+
+
+def test_status_is_the_appliance_status(web: WebServer, app: FakeApp) -> None:
+    status, _, body = request(web.port, "GET", "/api/status")
+    doc = json.loads(body)
+    assert status == 200
+    assert doc == {**app.status(), "lang": "en", "version": "9.9.9"}
+
+
+@pytest.mark.parametrize("body, headers, code", [
+    (b'{"muted": "yes"}', {"Content-Type": "application/json"}, 400),
+    (b'{"muted": true, "x": 1}', {"Content-Type": "application/json"}, 400),
+    (b'[true]', {"Content-Type": "application/json"}, 400),
+    (b'{"muted": tru', {"Content-Type": "application/json"}, 400),
+    (b'\xff\xfe', {"Content-Type": "application/json"}, 400),
+    (b'muted=1', {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    (b'{"muted": true}', {}, 415),
+    (b'{"muted": true}', {"Content-Type": "application/json",
+                          "Origin": "http://evil.example"}, 403),
+    (b'{"muted": true}', {"Content-Type": "application/json", "Origin": "null"}, 403),
+    (b'{"muted": true}' + b" " * 2000, {"Content-Type": "application/json"}, 413),
+])
+def test_bad_button_requests_are_refused(web: WebServer, app: FakeApp, body: bytes,
+                                         headers: dict[str, str], code: int) -> None:
+    status, _, reply = request(web.port, "POST", "/api/mute", body, headers)
+    assert status == code
+    assert json.loads(reply)["ok"] is False
+    assert app.calls == []
+
+
+def test_post_without_length_is_411(web: WebServer, app: FakeApp) -> None:
+    reply = raw(web.port, b"POST /api/stop HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+                          b"Content-Type: application/json\r\n\r\n")
+    assert status_of(reply) == 411 and app.calls == []
+
+
+# --- bad requests -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data, code", [
+    (b"GET /nope HTTP/1.0\r\n\r\n", 404),
+    (b"GET /static/../server.py HTTP/1.0\r\n\r\n", 404),
+    (b"GET /static/%2e%2e/server.py HTTP/1.0\r\n\r\n", 404),
+    (b"GET /static/index.html\x00 HTTP/1.0\r\n\r\n", 404),
+    (b"GET http://evil.example/ HTTP/1.0\r\n\r\n", 400),
+    (b"GET * HTTP/1.0\r\n\r\n", 400),
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/9.9\r\n\r\n", 505),
+    (b"GET / HTTP/1.0 extra\r\n\r\n", 400),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40) + b"\r\n\r\n", 400),
+    (b"PUT / HTTP/1.0\r\n\r\n", 405),
+    (b"DELETE /api/stop HTTP/1.0\r\n\r\n", 405),
+    (b"HEAD / HTTP/1.0\r\n\r\n", 405),
+    (b"OPTIONS * HTTP/1.0\r\n\r\n", 405),
+    (b"FROB / HTTP/1.0\r\n\r\n", 405),
+    (b"GET /api/stop HTTP/1.0\r\n\r\n", 405),
+    (b"POST /metrics HTTP/1.0\r\n\r\n", 405),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n", 431),
+    (b"GET / HTTP/1.0\r\nX-Big: " + b"b" * 70000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.0\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(150)) + b"\r\n", 431),
+    (b"GET / HTTP/1.0\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 500)
+                                      for i in range(60)) + b"\r\n", 431),
+    (b"GET / HTTP/1.0\r\nHost: evil.example:8080\r\n\r\n", 403),
+    (b"GET /metrics HTTP/1.0\r\nHost: rebind.attacker.example\r\n\r\n", 403),
+])
+def test_bad_requests_get_4xx_never_a_traceback(web: WebServer, data: bytes, code: int,
+                                                capfd: pytest.CaptureFixture[str]) -> None:
+    reply = raw(web.port, data)
+    assert status_of(reply) == code, reply[:200]
+    assert 400 <= code < 600 and (code < 500 or code == 505)
+    assert b"Traceback" not in reply
+    # the server still serves, and nothing was printed
+    assert request(web.port, "GET", "/api/status")[0] == 200
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_client_that_says_nothing_or_leaves_does_not_block(web: WebServer) -> None:
+    import socket
+    silent = socket.create_connection(("127.0.0.1", web.port))
+    half = socket.create_connection(("127.0.0.1", web.port))
+    half.sendall(b"GET / HT")
+    half.close()
+    try:
+        assert request(web.port, "GET", "/api/status")[0] == 200
+    finally:
+        silent.close()
+
+
+def test_handler_failure_is_a_500_without_traceback(web: WebServer, app: FakeApp,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> dict:
+        raise RuntimeError("status exploded")
+    monkeypatch.setattr(app, "status", broken)
+    status, _, body = request(web.port, "GET", "/api/status")
+    assert status == 500 and b"Traceback" not in body and b"exploded" not in body
+    assert any("failed" in r.getMessage() for r in caplog.records)
+
+
+# --- the token ----------------------------------------------------------------------------
+
+@pytest.fixture
+def guarded(app: FakeApp, events: EventLog) -> Iterator[WebServer]:
+    # every peer must show the token (as a client on another machine would)
+    server = _server(app, events, token=TOKEN, trusted=lambda ip: False)
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("path", ["/", "/events", "/api/status", "/metrics",
+                                  "/static/app.js"])
+def test_without_token_everything_is_401(guarded: WebServer, path: str) -> None:
+    status, headers, _ = request(guarded.port, "GET", path)
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("headers", [
+    {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"},
+    {"Authorization": f"Bearer {TOKEN[:-1]}"}, {"Authorization": f"Basic {TOKEN}"},
+    {"Cookie": "soca_token=nope"}, {"Cookie": 'soca_token="\\'},
+    {"Authorization": "Bearer " + "\u00e9" * 30}, {"Authorization": f"Bearer {KEY}"}])
+def test_bad_tokens_are_refused(guarded: WebServer, app: FakeApp,
+                                headers: dict[str, str]) -> None:
+    assert request(guarded.port, "GET", "/api/status", headers=headers)[0] == 401
+    status, _ = post_json(guarded.port, "/api/stop", {}, **headers)
+    assert status == 401 and app.calls == []
+    assert request(guarded.port, "GET", f"/metrics?token={TOKEN[:-1]}")[0] == 401
+
+
+def test_good_token_by_header_cookie_and_query(guarded: WebServer, app: FakeApp) -> None:
+    port = guarded.port
+    assert request(port, "GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})[0] \
+        == 200
+    assert request(port, "GET", f"/metrics?token={TOKEN}")[0] == 200
+    # The page: ?token= once, then a cookie the script cannot read, and a clean URL.
+    status, headers, _ = request(port, "GET", f"/?token={TOKEN}")
+    assert status == 303 and headers["location"] == "/"
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    jar = cookie.split(";", 1)[0]
+    status, _, body = request(port, "GET", "/", headers={"Cookie": jar})
+    assert status == 200 and TOKEN.encode() not in body
+    assert post_json(port, "/api/stop", {}, Cookie=jar)[0] == 200
+    assert app.calls == [("press", "screen")]
+    # With the token any Host will do (a name in the shop's DNS, say).
+    assert request(port, "GET", "/api/status", headers={"Cookie": jar,
+                                                        "Host": "kiosk-7.local"})[0] == 200
+
+
+def test_token_on_a_real_non_loopback_address(app: FakeApp, events: EventLog) -> None:
+    addr = non_loopback_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback address")
+    server = _server(app, events, host="0.0.0.0", token=TOKEN)
+    try:
+        assert request(server.port, "GET", "/api/status", host=addr)[0] == 401
+        assert request(server.port, "GET", "/api/status", host=addr,
+                       headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        # the kiosk's own browser, on loopback, needs no token
+        assert request(server.port, "GET", "/api/status")[0] == 200
+    finally:
+        server.close()
+
+
+def test_token_never_logged_and_key_never_served(app: FakeApp, events: EventLog,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    assert serve("127.0.0.1", 0, KEY, "en", "1", app, events, private_key=KEY) is None
+    assert "token is the private key" in caplog.text and KEY not in caplog.text
+    server = serve("127.0.0.1", 0, TOKEN, "en", "1", app, events, private_key=KEY)
+    assert server is not None
+    try:
+        events.emit("error", message=f"server said {TOKEN} and {KEY}")
+        stream = SseStream(server.port)
+        assert stream.next()[0] == "snapshot"
+        for path in ("/", "/static/app.js", "/api/status", "/metrics"):
+            body = request(server.port, "GET", path)[2]
+            assert KEY.encode() not in body and TOKEN.encode() not in body
+        events.emit("error", message=f"again {KEY} {TOKEN}")
+        name, data = stream.next()
+        assert name == "event" and data["message"] == "again *** ***"
+        stream.close()
+    finally:
+        server.close()
+    assert TOKEN not in events.stream.getvalue() and KEY not in events.stream.getvalue()
+
+
+# --- the live feed ------------------------------------------------------------------------
+
+def test_feed_starts_with_a_snapshot_then_events_in_order(web: WebServer, app: FakeApp,
+                                                          events: EventLog) -> None:
+    app.muted = True
+    events.emit("transcript", final=True, text="earlier question")     # history
+    stream = SseStream(web.port)
+    assert stream.status == 200 and stream.headers["content-type"].startswith(
+        "text/event-stream")
+    name, snap = stream.next()
+    assert stream.retry == 1000
+    assert name == "snapshot"
+    assert snap == {"state": "ready", "connected": True, "muted": True, "faults": [],
+                    "lang": "en", "version": "9.9.9"}
+    assert stream.next()[1]["text"] == "earlier question"
+    events.emit("transcript", final=False, text="hel")
+    events.emit("log", level="info", logger="soca.x", message="diagnostic")
+    events.emit("audio.output", frequency=22050, channels=1, buffer=512, buffer_ms=23.2,
+                driver="dummy")
+    events.emit("transcript", final=True, text="hello")
+    events.emit("sentence.play", seq=1, sentence_id=0, bytes=10, text="Hi there.")
+    events.emit("state", state="speaking")
+    seen = stream.until(lambda e: e[1].get("event") == "state", what="the state event")
+    assert [(n, d["event"], d.get("text")) for n, d in seen] == [
+        ("event", "transcript", "hel"), ("event", "transcript", "hello"),
+        ("event", "sentence.play", "Hi there."), ("event", "state", None)]
+    stream.close()
+
+
+def test_too_many_screens_get_503(app: FakeApp, events: EventLog) -> None:
+    server = _server(app, events)
+    streams = []
+    try:
+        for _ in range(server.feed.max_clients):
+            streams.append(SseStream(server.port))
+            assert streams[-1].next()[0] == "snapshot"
+        status, headers, _ = request(server.port, "GET", "/events")
+        assert status == 503 and headers["retry-after"]
+        assert request(server.port, "GET", "/api/status")[0] == 200
+    finally:
+        for s in streams:
+            s.close()
+        server.close()
+
+
+def test_slow_screen_never_blocks_the_emitter(web: WebServer, events: EventLog) -> None:
+    stream = SseStream(web.port)
+    assert stream.next()[0] == "snapshot"
+    wait_for(lambda: web.feed.clients == 1, 2, "the stream to join")
+    client = web.feed._clients[0]
+    done = threading.Event()
+
+    def flood() -> None:
+        # the stream's socket buffer fills, its queue fills: the emitter must not wait
+        for i in range(CLIENT_QUEUE * 40):
+            events.emit("transcript", final=False, text="x" * 2000 + str(i))
+        done.set()
+
+    threading.Thread(target=flood, daemon=True).start()
+    wait_for(done.is_set, 20, "the emitter to finish without waiting on the screen")
+    wait_for(lambda: client.overflowed, 5, "the slow client to be dropped")
+    wait_for(lambda: web.feed.clients == 0, 5, "the slow client to leave")
+    stream.close()
+    # a reconnecting page starts again from a snapshot
+    again = SseStream(web.port)
+    assert again.next()[0] == "snapshot"
+    again.close()
+
+
+def test_close_ends_streams_and_threads(app: FakeApp, events: EventLog) -> None:
+    server = _server(app, events)
+    stream = SseStream(server.port)
+    assert stream.next()[0] == "snapshot"
+    wait_for(lambda: server.feed.clients == 1, 2, "the stream to join")
+    server.close(timeout=2)
+    assert stream.next(timeout=3) is None                # the server ended the stream
+    assert server.feed.clients == 0
+    assert not [t for t in threading.enumerate() if t.name == "web"]
+    assert server.feed.on_event not in events._listeners
+    stream.close()
+
+
+def test_port_in_use_is_a_warning_not_a_crash(web: WebServer, app: FakeApp, events: EventLog,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    assert serve("127.0.0.1", web.port, "", "en", "1", app, events) is None
+    assert "cannot listen on 127.0.0.1" in caplog.text
+
+
+# --- /metrics -----------------------------------------------------------------------------
+
+def _metrics(port: int) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    status, headers, body = request(port, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_metrics_follow_status_and_events(app: FakeApp, events: EventLog) -> None:
+    meter = MicMeter()
+    server = _server(app, events, meter=meter)
+    try:
+        m = _metrics(server.port)
+        assert m[("soca_build_info", (("version", "9.9.9"),))] == 1
+        assert m[("soca_state", (("state", "ready"),))] == 1
+        assert m[("soca_state", (("state", "speaking"),))] == 0
+        assert m[("soca_connected", ())] == 1 and m[("soca_muted", ())] == 0
+        for name, value in app.counters.items():          # the names ctl status shows
+            assert m[(f"soca_{name}_total", ())] == value
+        assert m[("soca_reconnects_total", ())] == 2
+        assert m[("soca_mic_rms_dbfs", ())] == -math.inf     # no audio yet
+        assert m[("soca_last_error_timestamp_seconds", ())] == 0
+        assert m[("soca_uptime_seconds", ())] >= 0
+
+        t = 0.5 * np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000)
+        meter.add((t * 32767).astype("<i2").tobytes())
+        for source in ("button", "screen", "screen", "server", "ctl"):
+            events.emit("barge", seq=1, source=source)
+        events.emit("error", message="authentication refused: Invalid token")
+        events.emit("error", message="speaker gone")
+        events.emit("disconnected", code=1008, reason="x", retry_in=1.0)
+        app.state, app.faults, app.muted = "error", ["auth"], True
+        m = _metrics(server.port)
+        assert m[("soca_barges_total", (("source", "screen"),))] == 2
+        assert m[("soca_barges_total", (("source", "button"),))] == 1
+        assert m[("soca_barges_total", (("source", "ctl"),))] == 1
+        assert m[("soca_auth_failures_total", ())] == 1
+        assert m[("soca_errors_total", ())] == 2
+        assert m[("soca_disconnects_total", ())] == 1
+        assert time.time() - m[("soca_last_error_timestamp_seconds", ())] < 60
+        assert m[("soca_state", (("state", "error"),))] == 1
+        assert m[("soca_fault", (("fault", "auth"),))] == 1
+        assert m[("soca_fault", (("fault", "mic"),))] == 0
+        assert m[("soca_muted", ())] == 1
+        # a 0.5 full-scale sine: RMS 0.5/sqrt(2) -> -9.03 dBFS, peak -6.02 dBFS
+        assert m[("soca_mic_rms_dbfs", ())] == pytest.approx(-9.03, abs=0.05)
+        assert m[("soca_mic_peak_dbfs", ())] == pytest.approx(-6.02, abs=0.05)
+    finally:
+        server.close()
+
+
+def test_prometheus_client_loads_on_first_scrape_only() -> None:
+    code = """
+import io, sys
+from soca_appliance.events import EventLog
+from soca_appliance.web import serve
+from web_helpers import request
+class App:
+    def status(self): return {"state": "ready", "counters": {}}
+srv = serve("127.0.0.1", 0, "", "en", "1", App(), EventLog("json", stream=io.StringIO()))
+assert request(srv.port, "GET", "/api/status")[0] == 200
+before = "prometheus_client" in sys.modules
+assert request(srv.port, "GET", "/metrics")[0] == 200
+print(before, "prometheus_client" in sys.modules)
+srv.close()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).parent)
+    assert proc.stdout.split() == ["False", "True"], proc.stderr
+
+
+# --- the mic level ------------------------------------------------------------------------
+
+def test_meter_window_and_silence() -> None:
+    now = [1000.0]
+    meter = MicMeter(window=60, clock=lambda: now[0])
+    assert meter.levels() == (-math.inf, -math.inf)
+    meter.add(bytes(640))
+    assert meter.levels()[0] == -math.inf                 # digital silence
+    loud = (np.full(320, 16384)).astype("<i2").tobytes()  # half scale: -6.02 dBFS
+    meter.add(loud)
+    rms, peak = meter.levels()
+    assert rms == pytest.approx(20 * math.log10(0.5 / math.sqrt(2)), abs=0.01)
+    assert peak == pytest.approx(-6.02, abs=0.01)
+    now[0] += 61                                          # a minute later, all forgotten
+    assert meter.levels() == (-math.inf, -math.inf)
+    meter.add(b"\x01")                                    # an odd byte: nothing to measure
+    assert meter.frames == 2
+
+
+def test_level_tap_is_the_source_plus_a_meter() -> None:
+    class Source:
+        name = "fake"
+        on_error = None
+
+        def __init__(self) -> None:
+            self.stopped = False
+
+        def start(self, on_frame: Any) -> None:
+            from soca_appliance.framing import Frame
+            on_frame(Frame((np.full(320, 1000)).astype("<i2").tobytes(), 0.0, 0))
+
+        def stop(self, timeout: float = 1.0) -> None:
+            self.stopped = True
+
+    inner = Source()
+    tap = LevelTap(inner)
+    got: list[Any] = []
+    tap.start(got.append)
+    assert len(got) == 1 and tap.meter.frames == 1
+    assert hasattr(tap, "on_error") and tap.name == "fake"
+    tap.on_error = print                                  # the appliance sets these
+    assert inner.on_error is print
+    tap.stop(0.1)
+    assert inner.stopped
+    assert tap.meter.levels()[0] == pytest.approx(20 * math.log10(1000 / 32768), abs=0.01)
+
+
+# --- configuration ------------------------------------------------------------------------
+
+def test_web_config_from_file_and_env(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[web]\nlisten = "0.0.0.0:9000"\ntoken = "{TOKEN}"\n')
+    cfg = config.load(path, env={})
+    assert (cfg.web.listen, cfg.web.token) == ("0.0.0.0:9000", TOKEN)
+    assert config.load(path, env={"SOCA_WEB_LISTEN": ""}).web.listen == ""
+    assert config.load(None, env={}).web == config.Web("127.0.0.1:8080", "")
+    assert config.parse_listen("[::1]:8080") == ("::1", 8080)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[web]\nlisten = "0.0.0.0:8080"\n', "set web.token"),
+    ('[web]\nlisten = "[::]:8080"\n', "set web.token"),
+    ('[web]\nlisten = "192.0.2.2:8080"\n', "set web.token"),
+    ('[web]\nlisten = "localhost:8080"\n', "must be an IP address and port"),
+    ('[web]\nlisten = "127.0.0.1"\n', "must be an IP address and port"),
+    ('[web]\nlisten = "127.0.0.1:70000"\n', "must be an IP address and port"),
+    ('[web]\ntoken = "short"\n', "at least 16"),
+    ('[web]\ntoken = "has space in it 0123"\n', "at least 16"),
+    ('[web]\nlisten = 8080\n', "must be a string"),
+    ('[web]\nport = 8080\n', "unknown key 'web.port'"),
+])
+def test_bad_web_config_names_the_key(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(config.ConfigError, match=message.replace(".", r"\.")):
+        config.load(path, env={})
+
+
+# --- the real thing: `soca-appliance run` serves the screen and metrics ------------------
+
+def test_run_serves_screen_and_metrics_and_stops_cleanly(tmp_path: Path) -> None:
+    from soca_appliance.simulator import Simulator
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("# defaults\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOCA_")}
+    env.update(SDL_AUDIODRIVER="dummy", SOCA_PRIVATE_KEY=KEY, PYTHONUNBUFFERED="1")
+    out = (tmp_path / "out.jsonl").open("w+")
+    with Simulator(expected_key=KEY) as sim:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "soca_appliance", "run", "--config", str(cfg), "--url",
+             sim.url, "--agent-id", "a1", "--lang", "en", "--input",
+             str(ASSETS / "demo-en.wav"), "--gpio", "off", "--control-socket", "",
+             "--web-listen", "127.0.0.1:0", "--log-format", "json"],
+            stdout=out, stderr=subprocess.PIPE, env=env)
+        try:
+            def url() -> str:
+                out.seek(0)
+                for line in out.read().splitlines():
+                    event = json.loads(line)
+                    if "screen and metrics on" in event.get("message", ""):
+                        return event["message"].rsplit(" ", 1)[1]
+                return ""
+            port = int(wait_for(url, 20, "the screen's address").rstrip("/").rsplit(":", 1)[1])
+            wait_for(lambda: _metrics(port).get(("soca_connected", ())) == 1, 20,
+                     "soca_connected 1")
+            wait_for(lambda: _metrics(port)[("soca_mic_rms_dbfs", ())] > -60, 10,
+                     "the demo speech in the mic level")
+            status, _, body = request(port, "GET", "/")
+            assert status == 200 and KEY.encode() not in body
+        finally:
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=10)
+            took = time.monotonic() - started
+        stderr = proc.stderr.read().decode()
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert took < 2.0, f"shutdown took {took:.2f} s"
+    out.seek(0)
+    assert KEY not in out.read()
