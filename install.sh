@@ -24,8 +24,23 @@ DO_SERVICE=1
 SYSTEM_SITE=0
 UNINSTALL=0
 PURGE=0
+DEPS=auto
+SELF_CHECK=1
 
-APT_PACKAGES=(python3-venv python3-dev gcc portaudio19-dev libportaudio2 alsa-utils)
+# Always: the venv, ALSA's tools, PortAudio's runtime and libglib (pygame's wheel loads
+# libgthread-2.0.so.0 for its bundled fluidsynth: without it pygame.mixer is "not available").
+APT_BASE=(python3-venv alsa-utils libportaudio2 libglib2.0-0)
+# deps=wheels: everything from PyPI; PyAudio has no wheel there and compiles against these.
+APT_WHEELS=(python3-dev gcc portaudio19-dev)
+# deps=debian-packages: Debian's own builds of what PyPI has no wheel for (armhf, ...), plus
+# the tools to build the small rest (webrtcvad-wheels in C, soxr in C++).
+APT_DEBIAN=(python3-numpy python3-pygame python3-pyaudio python3-dev gcc g++ portaudio19-dev)
+# The Python distributions that come from those Debian packages in that mode.
+DEBIAN_DISTS=(numpy pygame pyaudio)
+# Raspberry Pi OS only (its own archive): gpiozero 2 and lgpio, gpiozero's pin factory on
+# Bookworm and the only one that works on the Pi 5.
+APT_PI=(python3-gpiozero python3-lgpio)
+APT_PACKAGES=()
 SERVICE_GROUPS=(audio gpio)
 # Paths as they are written in etc/soca-appliance.service and etc/config.example.toml.
 DEFAULT_PREFIX=/opt/soca-appliance
@@ -50,6 +65,15 @@ Options:
   --pip-args "ARGS"      extra arguments for pip install (e.g. "--no-deps --no-build-isolation",
                          "--find-links DIR --no-index" to reuse a wheel cache)
   --system-site-packages give the virtualenv access to the system's site-packages
+  --deps auto|wheels|debian
+                         where the Python dependencies come from: 'wheels' (PyPI; PyAudio
+                         compiles), 'debian' (Debian's python3-numpy, -pygame, -pyaudio, and on
+                         Raspberry Pi OS -gpiozero and -lgpio, in a virtualenv with system
+                         site-packages; PyPI for the rest), 'auto' (default): wheels on amd64
+                         and arm64, debian elsewhere (armhf: PyPI has no wheels there).
+                         The choice is written to PREFIX/INSTALL_PATH.
+  --user NAME            the service user to create and run as (default $SERVICE_USER)
+  --no-self-check        skip the check that pygame decodes MP3 and queues sound
   --no-apt               do not install system packages with apt-get
   --no-user              do not create the '$SERVICE_USER' user; run as the current user
   --no-service           do not install or enable the systemd unit
@@ -89,6 +113,11 @@ parse_args() {
             --key|--key=*|--private-key|--private-key=*)
                 die "the key is not accepted on the command line; use --key-file FILE or SOCA_PRIVATE_KEY" ;;
             --system-site-packages) SYSTEM_SITE=1; shift ;;
+            --deps) need_value "$@"; DEPS=$2; shift 2 ;;
+            --deps=*) DEPS=${1#*=}; shift ;;
+            --user) need_value "$@"; SERVICE_USER=$2; shift 2 ;;
+            --user=*) SERVICE_USER=${1#*=}; shift ;;
+            --no-self-check) SELF_CHECK=0; shift ;;
             --no-apt) DO_APT=0; shift ;;
             --no-user) DO_USER=0; shift ;;
             --no-service) DO_SERVICE=0; shift ;;
@@ -99,6 +128,18 @@ parse_args() {
         esac
     done
     [ "$PURGE" -eq 0 ] || [ "$UNINSTALL" -eq 1 ] || die "--purge only goes with --uninstall"
+    case "$DEPS" in
+        auto|wheels) ;;
+        debian|debian-packages) DEPS=debian-packages ;;
+        *) die "--deps must be auto, wheels or debian, not '$DEPS'" ;;
+    esac
+    case "$SERVICE_USER" in
+        [a-z_]*) ;;
+        *) die "--user: '$SERVICE_USER' is not a valid user name" ;;
+    esac
+    case "$SERVICE_USER" in
+        *[!a-z0-9_-]*) die "--user: '$SERVICE_USER' is not a valid user name" ;;
+    esac
     for dir in "$PREFIX" "$ETC" "$UNIT_DIR"; do
         case "$dir" in
             /*) ;;
@@ -142,25 +183,80 @@ check_privileges() {
     fi
 }
 
+deb_arch() {
+    # The userland's architecture (a 32-bit Raspberry Pi OS often runs a 64-bit kernel, so
+    # uname -m would say aarch64 there).
+    if command -v dpkg >/dev/null 2>&1; then
+        dpkg --print-architecture
+        return
+    fi
+    case "$(uname -m)" in
+        x86_64) echo amd64 ;;
+        aarch64|arm64) echo arm64 ;;
+        armv7l|armv6l) echo armhf ;;
+        *) uname -m ;;
+    esac
+}
+
+choose_deps() {
+    ARCH=$(deb_arch)
+    if [ "$DEPS" = auto ]; then
+        case "$ARCH" in
+            amd64|arm64)
+                DEPS=wheels
+                DEPS_REASON="auto: PyPI has wheels for $ARCH" ;;
+            *)
+                DEPS=debian-packages
+                DEPS_REASON="auto: PyPI has no $ARCH wheels for numpy, pygame or PyAudio (building them takes over 20 minutes on a Pi); Debian's packages instead" ;;
+        esac
+    else
+        DEPS_REASON="--deps $DEPS"
+    fi
+    APT_PACKAGES=("${APT_BASE[@]}")
+    if [ "$DEPS" = wheels ]; then
+        APT_PACKAGES+=("${APT_WHEELS[@]}")
+    else
+        APT_PACKAGES+=("${APT_DEBIAN[@]}")
+        SYSTEM_SITE=1           # the venv sees Debian's python3-* packages
+    fi
+    step "dependencies: $DEPS on $ARCH ($DEPS_REASON)"
+}
+
+apt_has() {   # apt_has PACKAGE: the configured archives offer it (e.g. Raspberry Pi OS's)
+    apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'
+}
+
+deb_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
 install_packages() {
     if [ "$DO_APT" -eq 0 ]; then
         step "skipping system packages (--no-apt)"
         return
     fi
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install ${APT_PACKAGES[*]} yourself and pass --no-apt"
-    local missing=() pkg
+    export DEBIAN_FRONTEND=noninteractive
+    local missing=() pkg updated=0
     for pkg in "${APT_PACKAGES[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-            missing+=("$pkg")
-        fi
+        deb_installed "$pkg" || missing+=("$pkg")
     done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get update -q
+        updated=1
+    fi
+    if [ "$DEPS" = debian-packages ] && apt_has python3-lgpio; then
+        step "Raspberry Pi OS archive: gpiozero and lgpio from it (${APT_PI[*]})"
+        for pkg in "${APT_PI[@]}"; do
+            deb_installed "$pkg" || missing+=("$pkg")
+        done
+    fi
     if [ "${#missing[@]}" -eq 0 ]; then
         step "system packages already installed: ${APT_PACKAGES[*]}"
         return
     fi
     step "installing system packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
+    [ "$updated" -eq 1 ] || apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
@@ -227,12 +323,23 @@ install_project() {
     tar -C "$SRC_DIR" --exclude=.git --exclude=build --exclude=dist --exclude='*.egg-info' \
         --exclude=__pycache__ --exclude=.venv --exclude=.pytest_cache --exclude=.hypothesis \
         -cf - . | tar -C "$src" -xf -
-    step "installing $APP from $SRC_DIR into $PREFIX${PIP_ARGS:+ (pip args: $PIP_ARGS)}"
-    "$PREFIX/bin/python" -m pip install --disable-pip-version-check --no-input \
-        "${pip_extra[@]}" "$src"
+    local pip=("$PREFIX/bin/python" -m pip install --disable-pip-version-check --no-input)
+    if [ "$DEPS" = wheels ]; then
+        step "installing $APP from $SRC_DIR into $PREFIX${PIP_ARGS:+ (pip args: $PIP_ARGS)}"
+        "${pip[@]}" "${pip_extra[@]}" "$src"
+    else
+        step "installing $APP from $SRC_DIR into $PREFIX without its dependencies${PIP_ARGS:+ (pip args: $PIP_ARGS)}"
+        "${pip[@]}" "${pip_extra[@]}" --no-deps "$src"
+        case " $PIP_ARGS " in
+            *" --no-deps "*) step "not installing dependencies (--no-deps in --pip-args)" ;;
+            *) install_rest_from_pypi ;;
+        esac
+    fi
     rm -rf -- "$src"
     trap - EXIT
-    if grep -qa "Raspberry Pi" /proc/device-tree/model 2>/dev/null; then
+    if "$PREFIX/bin/python" -c 'import lgpio' >/dev/null 2>&1; then
+        step "lgpio is there (gpiozero's pin factory on Bookworm and the Pi 5)"
+    elif grep -qa "Raspberry Pi" /proc/device-tree/model 2>/dev/null; then
         step "Raspberry Pi: installing lgpio (gpiozero's pin factory on Bookworm and the Pi 5)"
         "$PREFIX/bin/python" -m pip install --disable-pip-version-check --no-input \
             "${pip_extra[@]}" lgpio \
@@ -240,6 +347,201 @@ install_project() {
     fi
     install -m 0644 "$SRC_DIR/README.md" "$PREFIX/README.md"
     "$PREFIX/bin/soca-appliance" --version >/dev/null || die "the installed soca-appliance does not run"
+    write_install_path
+    self_check
+}
+
+install_rest_from_pypi() {
+    # The project's requirements less those Debian's packages provide (taken as they are:
+    # Debian's pygame is older than setup.py asks, and the self-check below proves that it
+    # does what the appliance needs); pip skips whatever is already satisfied.
+    local reqs=()
+    mapfile -t reqs < <(DEBIAN_DISTS="${DEBIAN_DISTS[*]}" "$PREFIX/bin/python" - <<'PY'
+import importlib.metadata as md
+import os
+import re
+
+debian = set(os.environ["DEBIAN_DISTS"].split())
+missing = []
+for req in md.requires("soca-appliance") or []:
+    if "extra ==" in req:
+        continue
+    name = re.match(r"[A-Za-z0-9._-]+", req).group(0).lower().replace("_", "-")
+    if name in debian:
+        try:
+            md.version(name)
+        except md.PackageNotFoundError:
+            missing.append(name)
+        continue
+    print(req.split(";")[0].strip())
+if missing:
+    print("MISSING " + " ".join(missing))
+PY
+    )
+    case " ${reqs[*]} " in
+        *" MISSING "*) die "Debian's python3-numpy, python3-pygame and python3-pyaudio are needed for --deps debian (${reqs[*]##* MISSING }): install them, or drop --no-apt" ;;
+    esac
+    [ "${#reqs[@]}" -gt 0 ] || return 0
+    step "installing from PyPI what Debian does not provide: ${reqs[*]}"
+    "$PREFIX/bin/python" -m pip install --disable-pip-version-check --no-input \
+        "${pip_extra[@]}" "${reqs[@]}"
+}
+
+write_install_path() {
+    # One file that says where every dependency came from; soca-diag reads it.
+    local target="$PREFIX/INSTALL_PATH"
+    step "writing $target"
+    INSTALL_DEPS=$DEPS INSTALL_REASON=$DEPS_REASON INSTALL_ARCH=$ARCH \
+        "$PREFIX/bin/python" - "$target" <<'PY' || die "could not write $target"
+import importlib.metadata as md
+import os
+import re
+import subprocess
+import sys
+import time
+
+
+def norm(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def closure(root):
+    seen, todo = {}, [root]
+    while todo:
+        req = todo.pop()
+        name = norm(re.match(r"[A-Za-z0-9._-]+", req).group(0))
+        if name in seen:
+            continue
+        try:
+            seen[name] = md.distribution(name)
+        except md.PackageNotFoundError:
+            if ";" not in req:          # not merely left out by a marker (python_version...)
+                seen[name] = None
+            continue
+        todo += [r for r in seen[name].requires or [] if "extra ==" not in r]
+    return seen
+
+
+def debian_owner(dist):
+    files = [f for f in (dist.files or []) if f.suffix in (".py", ".so")]
+    if not files:
+        return ""
+    try:
+        out = subprocess.run(["dpkg", "-S", str(dist.locate_file(files[0]))],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.split(":", 1)[0] if out else ""
+
+
+def origin(name, dist):
+    if dist is None:
+        return "missing"
+    where = os.path.realpath(str(dist.locate_file("")))
+    if not where.startswith(os.path.realpath(sys.prefix) + os.sep):
+        owner = debian_owner(dist) if where.startswith("/usr/lib/python3") else ""
+        kind = "debian-packages" if owner else "system"
+        return f"{kind} {dist.version} {owner or where}"
+    if name == "soca-appliance":
+        return f"source {dist.version} this checkout"
+    tags = [line.split(":", 1)[1].strip() for line in
+            (dist.read_text("WHEEL") or "").splitlines() if line.startswith("Tag:")]
+    built_here = any(t.rsplit("-", 1)[-1].startswith("linux_") for t in tags)
+    return f"source {dist.version} built here" if built_here else f"wheels {dist.version}"
+
+
+deps = closure("soca-appliance")
+try:
+    deps.setdefault("lgpio", md.distribution("lgpio"))
+except md.PackageNotFoundError:
+    pass
+lines = [
+    "# Where soca-appliance's Python dependencies came from (written by install.sh).",
+    "# path= wheels | debian-packages; then NAME=ORIGIN VERSION [DETAIL] per distribution,",
+    "# ORIGIN one of wheels, debian-packages, source, system.",
+    f"path={os.environ['INSTALL_DEPS']}",
+    f"reason={os.environ['INSTALL_REASON']}",
+    f"arch={os.environ['INSTALL_ARCH']}",
+    f"python={sys.version.split()[0]} {getattr(sys, '_base_executable', sys.executable)}",
+    f"date={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
+]
+lines += [f"{name}={origin(name, deps[name])}" for name in sorted(deps)]
+tmp = sys.argv[1] + ".tmp"
+with open(tmp, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+os.chmod(tmp, 0o644)
+os.replace(tmp, sys.argv[1])
+print("\n".join("    " + line for line in lines[3:]))
+PY
+}
+
+self_check() {
+    # The features the appliance needs, on whatever pygame this path gave: MP3 decoding
+    # from memory, raw PCM sounds and a channel's gapless queue (SDL's silent dummy driver,
+    # so it needs no sound card and plays nothing).
+    if [ "$SELF_CHECK" -eq 0 ]; then
+        step "skipping the self-check (--no-self-check)"
+        return
+    fi
+    step "self-check: every module imports; pygame decodes MP3 and queues sound (SDL dummy driver)"
+    SDL_AUDIODRIVER=dummy PYGAME_HIDE_SUPPORT_PROMPT=1 "$PREFIX/bin/python" - <<'PY' \
+        || die "the self-check failed: the appliance would not play sound (see above)"
+import importlib
+import io
+import sys
+import time
+from importlib import resources
+
+failed = []
+for module in ("numpy", "pyaudio", "webrtcvad", "soxr", "gpiozero", "websocket",
+               "websockets", "pygame", "soca_appliance.cli"):
+    try:
+        importlib.import_module(module)
+    except Exception as exc:          # report every broken module, not only the first
+        failed.append(f"{module}: {type(exc).__name__}: {exc}")
+if failed:
+    sys.exit("    cannot import " + "; ".join(failed))
+
+import pygame
+
+try:
+    pygame.mixer.init(frequency=22050, size=-16, channels=1, buffer=512)
+except (pygame.error, NotImplementedError) as exc:
+    sys.exit(f"    pygame.mixer does not work: {type(exc).__name__}: {exc}"
+             " (is libglib2.0-0 installed? pygame's wheel needs libgthread-2.0.so.0)")
+freq, _size, channels = pygame.mixer.get_init()
+assets = resources.files("soca_appliance") / "assets"
+mp3s = sorted(p.name for p in assets.iterdir() if p.name.endswith(".mp3"))[:2]
+if len(mp3s) < 2:
+    sys.exit("    fewer than two bundled MP3s to decode")
+decoded = []
+for name in mp3s:
+    try:
+        sound = pygame.mixer.Sound(file=io.BytesIO((assets / name).read_bytes()))
+    except pygame.error as exc:
+        sys.exit(f"    pygame cannot decode MP3 ({name}): {exc}")
+    raw = sound.get_raw()
+    if len(raw) < freq * 2 * channels // 10:
+        sys.exit(f"    {name} decoded to only {len(raw)} bytes")
+    decoded.append(raw)
+channel = pygame.mixer.Channel(0)
+channel.play(pygame.mixer.Sound(buffer=decoded[0]))
+channel.queue(pygame.mixer.Sound(buffer=decoded[1]))
+if channel.get_queue() is None:
+    sys.exit("    the mixer channel did not take a queued sound")
+deadline = time.monotonic() + 60          # the dummy driver plays in real time
+while channel.get_queue() is not None and time.monotonic() < deadline:
+    time.sleep(0.05)
+if channel.get_queue() is not None:
+    sys.exit("    the queued sound never started")
+channel.stop()
+pygame.mixer.quit()
+secs = [len(r) / (2 * channels * freq) for r in decoded]
+sdl = ".".join(map(str, pygame.get_sdl_version()))
+print(f"    pygame {pygame.version.ver} (SDL {sdl}): {mp3s[0]} and {mp3s[1]} decoded"
+      f" ({secs[0]:.1f} s, {secs[1]:.1f} s), queued on one channel, the second started"
+      " after the first")
+PY
 }
 
 link_commands() {
@@ -407,6 +709,17 @@ uninstall() {
         step "no virtualenv at $PREFIX"
     fi
     if [ "$DO_USER" -eq 1 ] && id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        # userdel frees the uid and the next system user created gets it: nothing may stay
+        # owned by it. The kept key (and anything else of the user's under $ETC) goes to root.
+        if [ "$PURGE" -eq 0 ] && [ -d "$ETC" ]; then
+            local owned
+            owned=$(find "$ETC" -xdev \( -user "$SERVICE_USER" -o -group "$SERVICE_USER" \) -print)
+            if [ -n "$owned" ]; then
+                step "handing $ETC's files of $SERVICE_USER to root (the key stays mode 0600)"
+                find "$ETC" -xdev \( -user "$SERVICE_USER" -o -group "$SERVICE_USER" \) \
+                    -exec chown -h root:root {} +
+            fi
+        fi
         step "removing user $SERVICE_USER"
         userdel "$SERVICE_USER"
     fi
@@ -430,6 +743,7 @@ main() {
         return
     fi
     check_privileges
+    choose_deps
     install_packages
     create_user
     create_venv

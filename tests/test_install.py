@@ -9,8 +9,12 @@ rendered unit is linted too; where it is, --no-service keeps the real system unt
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import os
+import pwd
+import grp
+import re
 import shutil
 import stat
 import subprocess
@@ -38,6 +42,7 @@ PIP_ARGS = "--no-deps --no-build-isolation" if HAS_BUILD_TOOLS else "--no-deps"
 @dataclasses.dataclass
 class Layout:
     root: Path
+    user: Optional[str] = None          # a real service user (--user), else --no-user
 
     @property
     def prefix(self) -> Path:
@@ -58,16 +63,54 @@ class Layout:
     def flags(self) -> list[str]:
         flags = ["--prefix", str(self.prefix), "--etc", str(self.etc),
                  "--unit-dir", str(self.units), "--bin-dir", str(self.bin),
-                 "--no-apt", "--no-user", "--system-site-packages",
+                 "--no-apt", "--system-site-packages",
                  "--python", sys.executable, "--pip-args", PIP_ARGS]
+        flags += ["--user", self.user] if self.user else ["--no-user"]
         return flags + (["--no-service"] if SYSTEMD_RUNNING else [])
 
 
+@pytest.fixture(scope="session")
+def deps_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with this interpreter's copies of the project's dependencies (symlinks),
+    for PYTHONPATH: the installed venv (--no-deps) then imports the real numpy, pygame and
+    the rest, and install.sh's self-check runs for real."""
+    out = tmp_path_factory.mktemp("deps")
+    todo, seen = list(importlib.metadata.requires("soca-appliance") or []), set()
+    while todo:
+        req = todo.pop()
+        if "extra ==" in req:
+            continue
+        name = re.match(r"[A-Za-z0-9._-]+", req).group(0).lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            assert ";" in req, req          # only a marker (python_version < ...) skips one
+            continue
+        todo += dist.requires or []
+        for entry in {f.parts[0] for f in dist.files or [] if not f.parts[0].startswith("..")}:
+            source = Path(str(dist.locate_file(entry)))
+            if source.exists() and not (out / entry).exists() and entry != "__pycache__" \
+                    and not entry.endswith(".pth"):
+                (out / entry).symlink_to(source)
+    return out
+
+
 def run_install(layout: Layout, *extra: str, key: Optional[str] = None,
-                check: bool = True) -> subprocess.CompletedProcess[str]:
+                check: bool = True, deps: Optional[Path] = None,
+                env_extra: Optional[dict[str, str]] = None
+                ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOCA_")}
+    env.pop("PYTHONPATH", None)
     if key is not None:
         env["SOCA_PRIVATE_KEY"] = key
+    if deps is not None:
+        env["PYTHONPATH"] = str(deps)
+    else:
+        extra = (*extra, "--no-self-check")
+    env.update(env_extra or {})
     proc = subprocess.run(["bash", str(INSTALL), *layout.flags(), *extra], env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=300)
@@ -77,10 +120,10 @@ def run_install(layout: Layout, *extra: str, key: Optional[str] = None,
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory
+def installed(tmp_path_factory: pytest.TempPathFactory, deps_path: Path
               ) -> Iterator[tuple[Layout, subprocess.CompletedProcess[str]]]:
     layout = Layout(tmp_path_factory.mktemp("install"))
-    proc = run_install(layout, key=KEY)
+    proc = run_install(layout, key=KEY, deps=deps_path)
     yield layout, proc
     run_install(layout, "--uninstall", "--purge", check=False)
 
@@ -101,6 +144,80 @@ def test_steps_are_announced(installed: tuple[Layout, Any]) -> None:
     assert any("creating virtualenv" in s for s in steps)
     assert steps[-1] == "==> done"
     assert KEY not in proc.stdout + proc.stderr
+    assert "==> dependencies: wheels on amd64 (auto: PyPI has wheels for amd64)" in steps \
+        or "==> dependencies: wheels on arm64 (auto: PyPI has wheels for arm64)" in steps
+    assert any(s.startswith("==> self-check:") for s in steps)
+
+
+def test_self_check_decodes_mp3_and_queues_sound(installed: tuple[Layout, Any]) -> None:
+    _layout, proc = installed
+    line = [ln for ln in proc.stdout.splitlines() if "decoded (" in ln]
+    assert len(line) == 1, proc.stdout
+    assert re.search(r"pygame 2\.\S+ \(SDL 2\.\S+\): answer-\S+\.mp3 and answer-\S+\.mp3 "
+                     r"decoded \(\d\.\d s, \d\.\d s\), queued on one channel", line[0])
+
+
+def test_install_path_marker_says_where_every_dependency_came_from(
+        installed: tuple[Layout, Any]) -> None:
+    layout, proc = installed
+    marker = layout.prefix / "INSTALL_PATH"
+    assert f"==> writing {marker}" in proc.stdout
+    entries = dict(line.split("=", 1) for line in marker.read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert entries["path"] == "wheels"
+    assert entries["soca-appliance"] == f"source {__version__} this checkout"
+    # --no-deps: the dependencies are this interpreter's (PYTHONPATH), each one named.
+    for name in ("numpy", "pygame", "pyaudio", "gpiozero", "soxr", "webrtcvad-wheels",
+                 "websocket-client", "websockets"):
+        origin, version, *_ = entries[name].split()
+        assert origin == "system" and version == importlib.metadata.version(name), name
+    assert stat.S_IMODE(marker.stat().st_mode) == 0o644
+
+
+def test_self_check_fails_loudly_without_a_mixer(tmp_path: Path, deps_path: Path) -> None:
+    # The same install with pygame's mixer broken, as on a Bookworm without libglib2.0-0:
+    # a pygame that cannot import its mixer module.
+    broken = tmp_path / "deps"
+    broken.mkdir()
+    for entry in deps_path.iterdir():
+        if entry.name != "pygame":
+            (broken / entry.name).symlink_to(entry.resolve())
+    pygame_copy = broken / "pygame"
+    shutil.copytree(deps_path / "pygame", pygame_copy, symlinks=True)
+    for mixer in pygame_copy.glob("mixer.cpython-*.so"):
+        mixer.unlink()
+    layout = Layout(tmp_path / "root")
+    proc = run_install(layout, deps=broken, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "pygame.mixer does not work" in proc.stdout + proc.stderr
+    assert "the self-check failed" in proc.stderr
+
+
+def test_deps_debian_uses_system_site_packages_and_says_so(tmp_path: Path,
+                                                           deps_path: Path) -> None:
+    layout = Layout(tmp_path)
+    proc = run_install(layout, "--deps", "debian", deps=deps_path)
+    assert "==> dependencies: debian-packages on" in proc.stdout
+    assert "(--deps debian-packages)" in proc.stdout
+    assert "installing soca-appliance from" in proc.stdout and "without its dependencies" \
+        in proc.stdout
+    assert "include-system-site-packages = true" in (layout.prefix / "pyvenv.cfg").read_text()
+    assert "path=debian-packages" in (layout.prefix / "INSTALL_PATH").read_text().splitlines()
+
+
+def test_deps_auto_picks_debian_packages_on_armhf(tmp_path: Path) -> None:
+    # dpkg says armhf (a 32-bit Raspberry Pi OS): PyPI has no wheels there.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "dpkg").write_text('#!/bin/sh\n[ "$1" = --print-architecture ] && echo armhf '
+                               '&& exit 0\nexec /usr/bin/dpkg "$@"\n')
+    (shim / "dpkg").chmod(0o755)
+    layout = Layout(tmp_path / "root")
+    proc = run_install(layout, env_extra={"PATH": f"{shim}:{os.environ['PATH']}"})
+    assert ("==> dependencies: debian-packages on armhf (auto: PyPI has no armhf wheels for "
+            "numpy, pygame or PyAudio") in proc.stdout
+    text = (layout.prefix / "INSTALL_PATH").read_text().splitlines()
+    assert "path=debian-packages" in text and "arch=armhf" in text
 
 
 def test_installed_commands_run(installed: tuple[Layout, Any]) -> None:
@@ -208,6 +325,44 @@ def test_rerun_is_idempotent_and_uninstall_keeps_config_and_key(tmp_path: Path) 
     assert not config_file.exists() and not (layout.etc / "key").exists()
 
 
+def remove_user(name: str) -> None:
+    subprocess.run(["userdel", name], capture_output=True, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
+                    reason="creates and removes a real system user: needs root")
+@pytest.mark.parametrize("purge", [False, True], ids=["uninstall", "purge"])
+def test_uninstall_leaves_no_file_to_the_removed_users_uid(tmp_path: Path, deps_path: Path,
+                                                           purge: bool) -> None:
+    # userdel frees the uid; a system user created later gets it, and with it the key.
+    user = f"soca-t{os.getpid() % 10000}{int(purge)}"
+    had_gpio = any(g.gr_name == "gpio" for g in grp.getgrall())
+    layout = Layout(tmp_path, user=user)
+    try:
+        run_install(layout, key=KEY)
+        uid = pwd.getpwnam(user).pw_uid
+        key = layout.etc / "key"
+        assert key.stat().st_uid == uid and stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert f"User={user}" in (layout.units / "soca-appliance.service").read_text() \
+            .splitlines() or SYSTEMD_RUNNING
+        gone = run_install(layout, "--uninstall", *(["--purge"] if purge else []))
+        assert f"==> removing user {user}" in gone.stdout
+        with pytest.raises(KeyError):
+            pwd.getpwnam(user)
+        owned = [p for p in layout.root.rglob("*") if p.lstat().st_uid == uid]
+        assert owned == []
+        if purge:
+            assert not key.exists()
+        else:
+            info = key.stat()
+            assert (info.st_uid, info.st_gid) == (0, 0)
+            assert stat.S_IMODE(info.st_mode) == 0o600 and key.read_text() == KEY + "\n"
+    finally:
+        remove_user(user)
+        if not had_gpio:
+            subprocess.run(["groupdel", "gpio"], capture_output=True, timeout=60)
+
+
 def test_refuses_a_key_on_the_command_line(tmp_path: Path) -> None:
     proc = run_install(Layout(tmp_path), "--key", "secret", check=False)
     assert proc.returncode != 0 and "not accepted on the command line" in proc.stderr
@@ -219,13 +374,19 @@ def test_help_and_bad_options() -> None:
     assert proc.returncode == 0
     for option in ("--prefix", "--etc", "--unit-dir", "--no-apt", "--no-service", "--no-user",
                    "--python", "--pip-args", "--system-site-packages", "--key-file",
-                   "--uninstall", "--purge"):
+                   "--uninstall", "--purge", "--deps", "--user", "--no-self-check"):
         assert option in proc.stdout
     proc = subprocess.run(["bash", str(INSTALL), "--frobnicate"], capture_output=True,
                           text=True)
     assert proc.returncode == 1 and "unknown option" in proc.stderr
     proc = subprocess.run(["bash", str(INSTALL), "--purge"], capture_output=True, text=True)
     assert proc.returncode == 1 and "--purge only goes with --uninstall" in proc.stderr
+    proc = subprocess.run(["bash", str(INSTALL), "--deps", "piwheels"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 1 and "--deps must be auto, wheels or debian" in proc.stderr
+    proc = subprocess.run(["bash", str(INSTALL), "--user", "Root;x"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 1 and "not a valid user name" in proc.stderr
 
 
 # --- static checks -------------------------------------------------------------------------
