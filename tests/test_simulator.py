@@ -452,7 +452,7 @@ def test_cli_runs_until_ctrl_c_and_never_logs_the_key(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c",
          "import sys; from soca_appliance.simulator import main; sys.exit(main(sys.argv[1:]))",
-         "--port", "0"],
+         "--port", "0", "--chunking", "slices"],
         env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -471,6 +471,13 @@ def test_cli_runs_until_ctrl_c_and_never_logs_the_key(tmp_path: Path) -> None:
         ws = websocket.create_connection(url, timeout=TIMEOUT)
         ws.send(start_msg(key="very-secret-key-42"))
         assert recv(ws)["type"] == "ready"
+        assert recv(ws)["type"] == "stt.ready"
+        send_audio(ws, first_utterance())
+        until(ws, lambda m: m.get("type") == "stt.final")
+        _, sentences = collect_answer(ws)
+        for chunks in sentences.values():                 # --chunking slices: each alone
+            for c in chunks[:-1]:
+                base64.b64decode(c["audioBase64"], validate=True)
         ws.close()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=5)
@@ -482,6 +489,7 @@ def test_cli_runs_until_ctrl_c_and_never_logs_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 0, text
     assert "Traceback" not in text and "very-secret-key-42" not in text
     assert "SOCA_PRIVATE_KEY" in text and "session sess-1 started" in text
+    assert "chunking slices" in text
 
 
 # --- liberal in what it accepts: any even-length frame (issue 10) --------------------------
