@@ -430,10 +430,13 @@ def test_unit_file_settings() -> None:
         "MemoryDenyWriteExecute": "no", "DevicePolicy": "closed",
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
         "StartLimitIntervalSec": "0", "WantedBy": "multi-user.target",
+        "MemoryHigh": "150M", "MemoryMax": "200M",
     }
     for key, value in expected.items():
         assert settings.get(key) == [value], key
     assert "PYTHONUNBUFFERED=1" in settings["Environment"]
+    # No user session, no PipeWire/PulseAudio for a system service: ALSA directly.
+    assert "SDL_AUDIODRIVER=alsa" in settings["Environment"]
     assert set(settings["DeviceAllow"]) >= {"char-alsa rw", "char-gpiochip rw"}
     for key in ("After", "Wants"):
         assert settings[key] == ["network-online.target sound.target"]
