@@ -1,19 +1,21 @@
 """``soca-diag``: check a kiosk from an SSH session, one line per check.
 
-Runs, in order: the configuration, the private key, the microphone (found by name, then a
-few seconds recorded through the same :class:`~soca_appliance.framing.Converter` path the
-appliance uses, with level, peak and clipping), the speaker (pygame's mixer plays the
-bundled chime), the GPIO LEDs and button, the network (DNS, TCP, TLS, then a real ``start``
+Runs, in order: the system's facts (board, OS and its 32/64-bit userland, audio path, GPIO
+pin factory, echo policy, install path: INFO lines), the configuration, the private key,
+the microphone (found by name, then a few seconds recorded through the same
+:class:`~soca_appliance.framing.Converter` path the appliance uses, with level, peak and
+clipping), the speaker (pygame's mixer plays the bundled chime), the GPIO LEDs and button, the network (DNS, TCP, TLS, then a real ``start``
 handshake with the voice agent), the boot service, and the Pi itself (power, temperature,
 disk, memory).
 
-Every check is a small function returning a :class:`Result` (PASS, WARN, FAIL or SKIP, a
-one-line detail, a hint and optional figures); whatever it raises becomes a FAIL with the
+Every check is a small function returning a :class:`Result` (PASS, WARN, FAIL, SKIP or
+INFO, a one-line detail, a hint and optional figures); whatever it raises becomes a FAIL with the
 reason, never a traceback. The exit status is 1 when any check FAILs, else 0. ``--json``
 prints one document ``{"checks": [...], "ok": bool}``. The private key is never printed:
 every text is scrubbed of it before it is shown.
 
-One module per check group: :mod:`.config_key`, :mod:`.audio`, :mod:`.gpio`,
+One module per check group: :mod:`.system` (facts: board, OS, audio path, GPIO factory,
+echo policy, install path), :mod:`.config_key`, :mod:`.audio`, :mod:`.gpio`,
 :mod:`.network`, :mod:`.service` (the boot service and the Pi's health), and :mod:`.runner`
 (the list of checks, the table, the JSON document, ``main``); :mod:`.context` holds what the
 checks share and :mod:`.result` what they return. This package re-exports the names the
@@ -38,14 +40,16 @@ from .runner import (CHECKS, NAMES, TablePrinter, build_parser, main, run, run_c
                      selected, summary)
 from .service import (check_disk, check_memory, check_power, check_service,
                       check_temperature)
+from .system import (check_audio, check_board, check_echo, check_gpio_factory, check_install,
+                     check_os)
 
 __all__ = [
     "BUTTON_WAIT_S", "CHECKS", "CLIP_SHARE", "EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "FAIL",
     "INFO", "NAMES", "PASS", "SERVICE_USER", "SILENT_DBFS", "SKIP", "STATUSES",
     "THROTTLE_BITS", "UNDER_VOLTAGE_NOW", "UNIT", "WARN", "Context", "HandshakeError",
-    "Result", "TablePrinter", "build_parser", "check_button", "check_config", "check_disk",
-    "check_dns", "check_handshake", "check_key", "check_leds", "check_memory",
-    "check_mic_device", "check_mic_level", "check_power", "check_service", "check_speaker",
+    "Result", "TablePrinter", "build_parser", "check_audio", "check_board", "check_button", "check_config", "check_disk",
+    "check_dns", "check_echo", "check_gpio_factory", "check_handshake", "check_install", "check_key", "check_leds", "check_memory",
+    "check_mic_device", "check_mic_level", "check_os", "check_power", "check_service", "check_speaker",
     "check_tcp", "check_temperature", "check_tls", "failed", "handshake", "info", "levels",
     "main", "passed", "record", "run", "run_check", "selected", "skipped", "summary",
     "warned",

@@ -4,11 +4,14 @@ own :class:`~soca_appliance.framing.Converter` path: level, peak, clipping) and 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import math
 import os
+import re
 import time
 from importlib import resources
+from typing import Iterator
 
 from .context import Context
 from .result import (CLIP_SHARE, SILENT_DBFS, Result, describe, failed, passed, skipped,
@@ -37,12 +40,12 @@ def check_mic_device(ctx: Context) -> Result:
 def record(ctx: Context, seconds: float) -> bytes:
     """``seconds`` of 16 kHz mono PCM, read and converted the way the appliance does."""
     from ..framing import Converter
-    from ..microphone import quiet_stderr
+    from ..quiet import quiet
     device, rate, channels = ctx.mic()
     block = max(1, rate // 50)                                    # 20 ms reads
     blocks = max(1, int(round(seconds * rate / block)))
     converter = Converter(rate, channels, ctx.cfg.mic_gain)
-    with quiet_stderr():
+    with quiet():
         stream = ctx.pa.open(format=8, channels=channels, rate=rate, input=True,
                              input_device_index=device.index, frames_per_buffer=block)
     out = bytearray()
@@ -105,17 +108,80 @@ def check_mic_level(ctx: Context) -> Result:
     return passed(name, detail, **figures)
 
 
+# Shared libraries pygame's wheel needs from the system, and the Debian package of each.
+SYSTEM_LIBRARIES = {
+    "libgthread-2.0.so.0": "libglib2.0-0", "libglib-2.0.so.0": "libglib2.0-0",
+    "libgobject-2.0.so.0": "libglib2.0-0", "libasound.so.2": "libasound2",
+    "libpulse.so.0": "libpulse0", "libpulse-simple.so.0": "libpulse0",
+    "libsndfile.so.1": "libsndfile1", "libportaudio.so.2": "libportaudio2",
+}
+
+
+def missing_library(reason: str) -> tuple[str, str]:
+    """The shared library a loader error names and the apt package that has it ("" if none).
+
+    ``"ImportError: libgthread-2.0.so.0: cannot open shared object file: ..."`` gives
+    ``("libgthread-2.0.so.0", "libglib2.0-0")``.
+    """
+    found = re.search(r"(lib[\w.+-]+?\.so(?:\.\d+)*)", reason)
+    if not found:
+        return "", ""
+    library = os.path.basename(found.group(1))
+    return library, SYSTEM_LIBRARIES.get(library, "")
+
+
+def _no_mixer(name: str, driver: str, reason: str) -> Result:
+    library, package = missing_library(reason)
+    if package:
+        hint = f"sudo apt-get install {package} (it provides {library}), then try again"
+    elif library:
+        hint = f"install the package that provides {library} (apt-file search {library})"
+    else:
+        hint = "reinstall pygame in the venv (install.sh does); see the reason above"
+    detail = f"pygame's mixer is not available ({driver}): {reason}"
+    if library:
+        detail = f"pygame's mixer is not available: {library} is missing ({reason})"
+    return failed(name, detail, hint, driver=driver, missing_library=library,
+                  apt_package=package)
+
+
+@contextlib.contextmanager
+def quiet_sdl() -> Iterator[None]:
+    """ALSA says nothing on stderr while SDL opens (or fails to open) the output.
+
+    SDL dlopens ``libasound.so.2`` only when the mixer opens, and ALSA prints its pages at
+    once: load that same library first so :func:`~soca_appliance.quiet.quiet` can give it
+    its no-op error handler before SDL calls it.
+    """
+    from ..quiet import quiet
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libasound.so.2")            # the soname SDL asks for: the same copy
+    with quiet():
+        yield
+
+
 def check_speaker(ctx: Context) -> Result:
     name = "speaker"
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-    import pygame                           # SDL_AUDIODRIVER is respected, never set here
     driver = ctx.env.get("SDL_AUDIODRIVER") or "SDL default"
     try:
-        pygame.mixer.init(frequency=22050, size=-16, channels=1, buffer=ctx.cfg.mixer_buffer)
+        import pygame                       # SDL_AUDIODRIVER is respected, never set here
+    except ImportError as exc:
+        return _no_mixer(name, driver, f"{type(exc).__name__}: {exc}")
+    if not pygame.mixer:
+        # pygame's MissingModule: SDL_mixer or a library it needs did not load. Its reason is
+        # an attribute; touching anything else on it raises NotImplementedError and warns.
+        return _no_mixer(name, driver, str(getattr(pygame.mixer, "reason", "") or "unknown"))
+    try:
+        with quiet_sdl():
+            pygame.mixer.init(frequency=22050, size=-16, channels=1,
+                              buffer=ctx.cfg.mixer_buffer)
     except pygame.error as exc:
         return failed(name, f"audio output failed to open ({driver}): {exc}",
                       "is a speaker/DAC connected ('aplay -l')? the user needs group audio; "
                       "stop the service if it holds the device")
+    except NotImplementedError as exc:
+        return _no_mixer(name, driver, str(exc))
     try:
         freq, _fmt, channels = pygame.mixer.get_init()
         chime = resources.files("soca_appliance").joinpath("assets", "chime.wav").read_bytes()
@@ -144,7 +210,6 @@ def check_speaker(ctx: Context) -> Result:
     finally:
         with contextlib.suppress(Exception):
             pygame.mixer.quit()
-
 
 
 def _db(value: float) -> str:

@@ -163,8 +163,8 @@ class Context:
             with contextlib.suppress(Exception):
                 self._panel.close()
         if self._pa is not None and not self.pa_stuck:
-            from ..microphone import quiet_stderr
-            with contextlib.suppress(Exception), quiet_stderr():
+            from ..quiet import quiet
+            with contextlib.suppress(Exception), quiet():
                 self._pa.terminate()
 
 

@@ -19,7 +19,9 @@ def check_leds(ctx: Context) -> Result:
             return failed(name, f"no usable GPIO ({why or 'no pin factory'})",
                           "add the user to group gpio; install lgpio in the venv "
                           "(install.sh does on a Pi)")
-        return skipped(name, f"no GPIO here (not a Raspberry Pi): {why or 'no pin factory'}",
+        reason = ("gpiozero found no pin library" if "BadPinFactory" in why
+                  else why or "no pin factory")
+        return skipped(name, f"no GPIO here (not a Raspberry Pi; {reason})",
                        "--gpio mock exercises the LED code with simulated pins")
     if not panel.pins:
         return skipped(name, "no LEDs configured ([leds] in the config)")

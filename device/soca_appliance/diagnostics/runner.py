@@ -20,8 +20,16 @@ from .network import check_dns, check_handshake, check_tcp, check_tls
 from .result import (EXIT_FAIL, EXIT_OK, FAIL, INFO, PASS, SKIP, WARN, Result, describe,
                      failed)
 from .service import check_disk, check_memory, check_power, check_service, check_temperature
+from .system import (check_audio, check_board, check_echo, check_gpio_factory, check_install,
+                     check_os)
 
 CHECKS: list[tuple[str, Callable[[Context], Result]]] = [
+    ("system.board", check_board),
+    ("system.os", check_os),
+    ("system.audio", check_audio),
+    ("system.gpio", check_gpio_factory),
+    ("system.echo", check_echo),
+    ("system.install", check_install),
     ("config", check_config),
     ("key", check_key),
     ("mic.device", check_mic_device),
@@ -113,15 +121,17 @@ class TablePrinter:
 
 
 def summary(results: list[Result]) -> str:
-    counts = {s: sum(1 for r in results if r.status == s) for s in (PASS, WARN, FAIL, SKIP)}
-    return (f"{counts[PASS]} passed, {counts[WARN]} warning(s), {counts[FAIL]} failed, "
+    counts = {s: sum(1 for r in results if r.status == s) for s in (PASS, WARN, FAIL, SKIP, INFO)}
+    text = (f"{counts[PASS]} passed, {counts[WARN]} warning(s), {counts[FAIL]} failed, "
             f"{counts[SKIP]} skipped")
+    return text + (f", {counts[INFO]} info" if counts[INFO] else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="soca-diag", description="Check the kiosk: config, key, microphone, speaker, "
-        "GPIO, network and handshake, service, Pi health. Exit 1 when a check fails.",
+        prog="soca-diag", description="Check the kiosk: the system (board, OS, audio path, GPIO "
+        "factory, echo policy, install path), config, key, microphone, speaker, GPIO, network "
+        "and handshake, service, Pi health. Exit 1 when a check fails.",
         epilog="checks: " + ", ".join(NAMES) + ". Run as root (sudo) to read the key and the "
         "journal; stop the service to test the mic and speaker.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -136,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPIO mode (default: the config's)")
     p.add_argument("--url", help="voice-ws endpoint to test instead of the config's")
     p.add_argument("--only", metavar="NAMES", help="comma-separated checks or groups "
-                   "(config, key, mic, speaker, gpio, net, service, pi)")
+                   "(system, config, key, mic, speaker, gpio, net, service, pi)")
     return p
 
 
