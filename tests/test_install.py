@@ -463,3 +463,49 @@ def test_example_config_loads_and_documents_every_key() -> None:
             while lines[above] and not lines[above].startswith(("#", "[")):
                 above -= 1
             assert lines[above].startswith("#"), line
+
+
+# --- README's command 1 ---------------------------------------------------------------------
+
+def readme_command_1() -> str:
+    """The shell text of README's "# 1." command (comments dropped, continuations kept)."""
+    block = (ROOT / "README.md").read_text().split("# 1. install", 1)[1].split("# 2.", 1)[0]
+    return "\n".join(line for line in block.splitlines()[1:]
+                     if line.strip() and not line.lstrip().startswith("#"))
+
+
+def test_readme_command_1_uses_sudo_only_when_not_root() -> None:
+    command = readme_command_1()
+    assert "libglib2.0-0" in command and "apt-get update" in command
+    for uid, expected in ((0, ""), (1000, "sudo")):
+        # The same prefix logic, with id faked: what $S becomes for root and for a user.
+        prefix = command.split(";", 1)[0]
+        proc = subprocess.run(["bash", "-c", f'id() {{ echo {uid}; }}; {prefix}; printf %s "$S"'],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0 and proc.stdout == expected, (uid, proc)
+
+
+@pytest.mark.slow                 # about 1-2 min: apt-get update, pip install, the demo
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("apt-get") is None,
+                    reason="runs apt-get as root, as a container's root would")
+def test_readme_command_1_works_as_root_without_sudo(tmp_path: Path) -> None:
+    # A fresh container: root, and no sudo. A sudo on PATH that fails proves it is not used.
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    called = tmp_path / "sudo-called"
+    (stub / "sudo").write_text(f'#!/bin/sh\necho "$@" >>{called}\nexit 126\n')
+    (stub / "sudo").chmod(0o755)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    subprocess.run(f"tar -C {ROOT} --exclude=.git --exclude=.venv --exclude='*.egg-info' "
+                   f"--exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis "
+                   f"-cf - . | tar -C {checkout} -xf -", shell=True, check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SOCA_", "VIRTUAL_ENV", "PYTHON", "SDL_"))}
+    env["PATH"] = f"{stub}:{env['PATH']}"
+    proc = subprocess.run(["bash", "-c", readme_command_1()], cwd=checkout, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not called.exists(), called.read_text()
+    assert "agent:" in proc.stdout and "you:" in proc.stdout, proc.stdout[-3000:]
