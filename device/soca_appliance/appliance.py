@@ -3,21 +3,30 @@
 States: connecting, ready, listening (stt.partial or local speech onset), thinking
 (non-empty stt.final), speaking (a sentence playing), error (authentication refused, mic
 or speaker gone). Every change is an event and drives the LEDs. Callbacks arrive from the
-source, link, player and GPIO threads; one re-entrant lock orders them. The button and
-the control socket share :meth:`press`, :meth:`long_press`, :meth:`set_muted`.
+source, link, player and GPIO threads; one re-entrant lock orders them. Under it nothing
+does I/O: events, LED updates and log lines are queued, in order, for the effects thread
+(effects.py). The button and the control socket share :meth:`press`, :meth:`long_press`,
+:meth:`set_muted`.
+
+A link session's conversation state is one :class:`~soca_appliance.turn.Turn`, replaced
+with the assembler's and the player's state in one place, :meth:`Appliance._session_start`,
+when a new socket opens: before the handshake, so that what the server says between
+``ready`` and ``stt.ready`` (a greeting) belongs to the new session and is heard.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Optional, Protocol
 
 from . import protocol
 from .assembler import Assembler, Outcome, Sentence
 from .config import Config
+from .counters import Counters, SentenceBudget
+from .effects import Effects, WarningLimiter
 from .events import EventLog
 from .framing import Frame
 from .indicators import make_panel
@@ -25,34 +34,15 @@ from .link import Link, LinkCallbacks, LinkSettings
 from .player import OutputInfo, Player, PlayerCallbacks
 from .protocol import (Barge, FinalAnswer, SentenceChunk, ServerError, ServerMessage, SttFinal,
                        SttPartial, Unknown)
+from .turn import Turn
 from .vad import VadGate
 
 log = logging.getLogger("soca.appliance")
 
 HALF_DUPLEX_SETTLE_S = 0.3     # the room's echo dies down this long after the speaker stops
+FLUSH_S = 1.0                  # the button and ctl wait this long at most for their effects
 
-
-class WarningLimiter:
-    """At most ``burst`` warnings per ``window`` seconds: a hostile server flooding bad
-    sentences must not flood the journal too. Says how many it held back."""
-
-    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
-        self.burst, self.window = burst, window
-        self._start = float("-inf")
-        self._count = 0
-        self.suppressed = 0
-
-    def allow(self, now: float) -> tuple[bool, int]:
-        """(log this one?, warnings held back in the window that just ended)."""
-        held = 0
-        if now - self._start >= self.window:
-            held, self.suppressed = self.suppressed, 0
-            self._start, self._count = now, 0
-        self._count += 1
-        if self._count > self.burst:
-            self.suppressed += 1
-            return False, held
-        return True, held
+__all__ = ["Appliance", "Counters", "WarningLimiter", "Source"]
 
 
 class Source(Protocol):
@@ -61,20 +51,6 @@ class Source(Protocol):
     def start(self, on_frame: Callable[[Frame], None]) -> None: ...
 
     def stop(self, timeout: float = 1.0) -> None: ...
-
-
-@dataclass
-class Counters:
-    frames_captured: int = 0
-    frames_muted: int = 0
-    frames_silenced: int = 0
-    utterances: int = 0
-    barges_server: int = 0
-    barges_button: int = 0
-    sentences_played: int = 0
-    sentences_stopped: int = 0
-    bad_messages: int = 0
-    server_errors: int = 0
 
 
 class Appliance:
@@ -87,12 +63,15 @@ class Appliance:
         self.counters = Counters()
         self.muted = False
         self._lock = threading.RLock()
-        self._conv = "connecting"
+        self.turn = Turn()
         self._faults: set[str] = set()
-        self._shown: Optional[str] = None
-        self._answered_seq = -1
+        self._shown: Optional[tuple[str, bool]] = None
         self._stopping = threading.Event()
+        self._gate_reset = threading.Event()      # the source thread resets its own gate
         self._limiter = WarningLimiter()
+        self.effects = Effects()
+        # One cap for sentences being assembled and sentences queued in the player.
+        self.budget = SentenceBudget(cfg.max_pending_sentences)
         self.assembler = Assembler(cfg.max_sentence_bytes, cfg.max_pending_sentences,
                                    cfg.sentence_timeout, cfg.progressive_playback)
         self.gate = VadGate(cfg.vad_aggressiveness, cfg.frame_ms) if cfg.vad else None
@@ -100,7 +79,7 @@ class Appliance:
             on_start=self._sentence_started, on_stop=self._sentence_stopped,
             on_idle=self._playback_idle, on_error=self._audio_error,
             on_output=self._audio_open), buffer=cfg.mixer_buffer,
-            max_queue=cfg.max_pending_sentences)
+            max_queue=cfg.max_pending_sentences)   # a backstop: the budget keeps it below
         self.link = link or Link(LinkSettings(
             url=cfg.url, agent_id=cfg.agent_id, lang=cfg.lang, private_key=private_key,
             key_field=cfg.key_field, session_id=cfg.session_id, ca_file=cfg.ca_file,
@@ -108,9 +87,9 @@ class Appliance:
             ping_timeout=cfg.ping_timeout, backoff_initial=cfg.backoff_initial,
             backoff_max=cfg.backoff_max, auth_retry=cfg.auth_retry,
             queue_frames=max(5, 500 // cfg.frame_ms)),
-            LinkCallbacks(on_connecting=self._connecting, on_connected=self._connected,
-                          on_disconnected=self._disconnected, on_message=self.handle,
-                          on_bad_message=self._bad_message))
+            LinkCallbacks(on_connecting=self._connecting, on_session_start=self._session_start,
+                          on_connected=self._connected, on_disconnected=self._disconnected,
+                          on_message=self.handle, on_bad_message=self._bad_message))
         self.panel = panel if panel is not None else make_panel(
             cfg.gpio, cfg.leds, cfg.button_pin, cfg.long_press, self.button_press,
             self.long_press)
@@ -122,7 +101,9 @@ class Appliance:
     # --- life cycle ----------------------------------------------------------------
 
     def start(self) -> None:
-        self._show()
+        self.effects.start()
+        with self._lock:
+            self._show()
         self.player.start()
         self.link.start()
         self.source.start(self.on_frame)
@@ -134,6 +115,8 @@ class Appliance:
         while not stop.wait(1.0):
             with self._lock:
                 self._apply(self.assembler.expire(time.monotonic()))
+                if not self.player.busy:
+                    self.budget.clear()
             tick(self.healthy(), self.state)
 
     def shutdown(self) -> None:
@@ -141,18 +124,20 @@ class Appliance:
         self.source.stop(0.5)
         self.player.close(0.5)
         self.link.close(0.8)
+        self._emit("state", state="stopped")
+        self.effects.close(1.0)          # the event log and the LEDs have their last word
         self.panel.close()
-        self.events.emit("state", state="stopped")
 
     def healthy(self) -> bool:
         """For the systemd watchdog: every worker thread is still alive."""
         source_alive = getattr(self.source, "alive", lambda: True)()
-        return self.link.alive() and self.player.alive() and source_alive
+        return (self.link.alive() and self.player.alive() and self.effects.alive()
+                and source_alive)
 
     @property
     def state(self) -> str:
         with self._lock:
-            return "error" if self._faults else self._conv
+            return "error" if self._faults else self.turn.phase
 
     def idle(self) -> bool:
         with self._lock:
@@ -161,198 +146,256 @@ class Appliance:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
+            stats = self.link.stats
             return {"state": self.state, "connected": self.link.streaming,
                     "session_id": self.link.session_id, "seq": self.assembler.current_seq,
                     "muted": self.muted, "faults": sorted(self._faults),
-                    "counters": {**vars(self.counters),
-                                 "frames_sent": self.link.stats.frames_sent,
-                                 "frames_dropped_not_ready":
-                                     self.link.stats.frames_dropped_not_ready,
-                                 "frames_dropped_full": self.link.stats.frames_dropped_full,
-                                 "connects": self.link.stats.connects,
-                                 "connect_attempts": self.link.stats.attempts,
+                    "counters": {**self.counters.snapshot(),
+                                 "frames_sent": stats.frames_sent,
+                                 "frames_dropped_not_ready": stats.frames_dropped_not_ready,
+                                 "frames_dropped_full": stats.frames_dropped_full,
+                                 "connects": stats.connects,
+                                 "connect_attempts": stats.attempts,
                                  "sentences_dropped": self.assembler.dropped_sentences,
                                  "chunks_dropped": self.assembler.dropped_chunks}}
 
-    # --- state ---------------------------------------------------------------------
+    # --- effects: queued under the lock, performed by the effects thread --------------
 
-    def _set(self, conv: str) -> None:
-        with self._lock:
-            self._conv = conv
-            self._show()
+    def _emit(self, event: str, **fields: Any) -> None:
+        if not self.effects.submit(functools.partial(self.events.emit, event, **fields)):
+            self.counters.add("events_dropped")
+
+    def _log(self, level: int, message: str, *args: Any) -> None:
+        if not self.effects.submit(functools.partial(log.log, level, message, *args)):
+            self.counters.add("events_dropped")
+
+    # --- state (lock held) ------------------------------------------------------------
+
+    def _set(self, phase: str) -> None:
+        self.turn.phase = phase
+        self._show()
 
     def _fault(self, name: str, on: bool) -> None:
-        with self._lock:
-            if on:
-                self._faults.add(name)
-            else:
-                self._faults.discard(name)
-            self._show()
+        if on:
+            self._faults.add(name)
+        else:
+            self._faults.discard(name)
+        self._show()
 
     def _show(self) -> None:
         state = self.state
-        if state != self._shown:
-            self._shown = state
-            self.events.emit("state", state=state)
-            self.panel.show(state, self.muted)
+        if self._shown is None or state != self._shown[0]:
+            self._emit("state", state=state)
+        if (state, self.muted) != self._shown:
+            self._shown = (state, self.muted)
+            self.effects.panel(self.panel.show, state, self.muted)
 
-    # --- audio up ------------------------------------------------------------------
+    # --- audio up (the source thread) ------------------------------------------------
 
     def on_frame(self, frame: Frame) -> None:
-        self.counters.frames_captured += 1
+        self.counters.add("frames_captured")
+        if self._gate_reset.is_set() and self.gate is not None:
+            self._gate_reset.clear()
+            self.gate.reset()            # a new session: no utterance is in progress
         if self.muted:
-            self.counters.frames_muted += 1
+            self.counters.add("frames_muted")
             return
         if self.cfg.duplex == "half" and self.player.quiet_for() < HALF_DUPLEX_SETTLE_S:
             # The agent is talking: send silence, so the stream stays continuous but the
             # agent cannot hear (and barge on) its own voice.
             frame = Frame(bytes(len(frame.pcm)), frame.t_capture, frame.index)
-            self.counters.frames_silenced += 1
+            self.counters.add("frames_silenced")
         if self.gate is None:
             self.link.send_audio(frame)
             return
         result = self.gate.process(frame)
         if result.started:
-            self.counters.utterances += 1
+            self.counters.add("utterances")
             with self._lock:
-                if self._conv in ("ready", "thinking"):
+                if self.turn.phase in ("ready", "thinking"):
                     self._set("listening")
         for item in result.send:
             self.link.send_audio(item)
         if result.ended:
-            self.link.send_control(protocol.stop_message())
+            self.link.send_control(protocol.stop_message())    # after its last audio
 
     # --- link ----------------------------------------------------------------------
 
     def _connecting(self, attempt: int) -> None:
-        self._set("connecting")
+        with self._lock:
+            self._set("connecting")
+
+    def _session_start(self, generation: int) -> None:
+        """A new socket is open, before ``start``: the one place where a session's state
+        is reset. A new session numbers its seqs afresh: the old session's audio is over."""
+        with self._lock:
+            self.turn = Turn()
+            self.player.stop_all("reconnect")
+            self._apply(self.assembler.reset())
+            self.budget.clear()
+            self._gate_reset.set()
+            self._show()
 
     def _connected(self, session_id: str) -> None:
         with self._lock:
-            self.events.emit("connected", session_id=session_id)
+            self._emit("connected", session_id=session_id)
             self._faults.discard("auth")
-            # A new session numbers its seqs afresh: the old session's audio is over.
-            self.player.stop_all("reconnect")
-            self._apply(self.assembler.reset())
-            if self.gate is not None:
-                self.gate.reset()
-            self._set("ready")
+            if self.turn.phase == "connecting":       # a greeting may be playing already
+                self.turn.phase = "ready"
+            self._show()
 
     def _disconnected(self, code: Optional[int], reason: str, retry_in: float,
                       auth: bool) -> None:
         with self._lock:
-            self.events.emit("disconnected", code=code, reason=reason, retry_in=retry_in)
+            self._emit("disconnected", code=code, reason=reason, retry_in=retry_in)
+            # Half-assembled sentences of the ended session can never complete.
             self._apply(self.assembler.reset())
             if auth:
-                self.events.emit("error", message=f"authentication refused: {reason}")
-                self._fault("auth", True)
+                self._emit("error", message=f"authentication refused: {reason}")
+                self._faults.add("auth")
             self._set("connecting")
 
     def _bad_message(self, error: str) -> None:
-        self.counters.bad_messages += 1
-        log.warning("bad message from the server: %s", error)
+        self.counters.add("bad_messages")
+        with self._lock:
+            self._log(logging.WARNING, "bad message from the server: %s", error)
 
     def handle(self, msg: ServerMessage) -> None:
         """One parsed server message (called by the link thread, or by tests)."""
         with self._lock:
             if isinstance(msg, SentenceChunk):
-                self._apply(self.assembler.add(msg, time.monotonic()))
-            elif isinstance(msg, SttPartial):
-                self.events.emit("transcript", final=False, text=msg.text)
-                if self._conv in ("ready", "thinking"):
-                    self._set("listening")
-            elif isinstance(msg, SttFinal):
-                self._final(msg)
-            elif isinstance(msg, FinalAnswer):
-                self.events.emit("answer", seq=msg.seq, text=msg.text)
-                self._apply(self.assembler.answer_done(msg.seq))
-                self._answered_seq = max(self._answered_seq, msg.seq)
-                self._maybe_ready()
+                self._chunk(msg)
             elif isinstance(msg, Barge):
-                self.counters.barges_server += 1
-                self._apply(self.assembler.barge(msg.seq))      # silence first, then talk
-                self.events.emit("barge", seq=msg.seq, source="server", reason=msg.reason)
-                # A speech barge means the user is talking; "manual" only acknowledges
-                # the button's barge, after which the appliance is simply ready.
-                if msg.reason != "manual" and self._conv in ("speaking", "thinking", "ready"):
-                    self._set("listening")
-            elif isinstance(msg, ServerError):
-                self.counters.server_errors += 1
-                self.events.emit("error", message=f"server: {msg.message}")
-                if msg.is_auth:
-                    self._fault("auth", True)
-            elif isinstance(msg, Unknown):
-                log.debug("ignored message of unknown type %s", msg.kind)
+                self._server_barge(msg)
+            elif isinstance(msg, FinalAnswer):
+                self._apply(self.assembler.answer_done(msg.seq))
+                self._emit("answer", seq=msg.seq, text=msg.text)
+                self.turn.answer(msg.seq)
+                self._maybe_ready()
+            else:
+                # The seq rule on every message that carries one (transcripts, errors,
+                # unknown types): a higher seq silences older audio at once, as a barge.
+                self._apply(self.assembler.observe_seq(protocol.seq_of(msg)))
+                self._other(msg)
 
-    def _final(self, msg: SttFinal) -> None:
-        if msg.text.strip():
-            self.events.emit("transcript", final=True, text=msg.text)
-            if self._conv != "speaking":
-                self._set("thinking")
-        elif self._conv == "listening":
-            self._set("ready")
+    def _chunk(self, msg: SentenceChunk) -> None:
+        if not self.turn.admit(msg.seq):
+            # Cut by the button, or newer audio while the press is not acknowledged yet:
+            # the rest of that turn is dropped. The seq rule still holds.
+            self.counters.add("chunks_held")
+            self._apply(self.assembler.observe_seq(msg.seq))
+            return
+        self.assembler.max_pending = self.budget.room()
+        self._apply(self.assembler.add(msg, time.monotonic()))
+
+    def _server_barge(self, msg: Barge) -> None:
+        self.counters.add("barges_server")
+        self.turn.release()                       # the server heard the press (or speech)
+        self._apply(self.assembler.barge(msg.seq))        # silence first, then talk
+        self._emit("barge", seq=msg.seq, source="server", reason=msg.reason)
+        # A speech barge means the user is talking; "manual" only acknowledges the
+        # button's barge, after which the appliance is simply ready.
+        if msg.reason != "manual" and self.turn.phase in ("speaking", "thinking", "ready"):
+            self._set("listening")
+
+    def _other(self, msg: ServerMessage) -> None:
+        if isinstance(msg, SttPartial):
+            self._emit("transcript", final=False, text=msg.text)
+            if self.turn.phase in ("ready", "thinking"):
+                self._set("listening")
+        elif isinstance(msg, SttFinal):
+            if msg.text.strip():
+                self.turn.release()               # a new turn: its answer may play
+                self._emit("transcript", final=True, text=msg.text)
+                if self.turn.phase != "speaking":
+                    self._set("thinking")
+            elif self.turn.phase == "listening":
+                self._set("ready")
+        elif isinstance(msg, ServerError):
+            self.counters.add("server_errors")
+            self._emit("error", message=f"server: {msg.message}")
+            if msg.is_auth:
+                self._fault("auth", True)         # the link ends the session and waits
+        elif isinstance(msg, Unknown):
+            self._log(logging.DEBUG, "ignored message of unknown type %s", msg.kind)
 
     def _apply(self, outcome: Outcome) -> None:
         for warning in outcome.warnings:
             allowed, held = self._limiter.allow(time.monotonic())
             if held:
-                log.warning("%d more sentence warnings were not logged", held)
+                self._log(logging.WARNING, "%d more sentence warnings were not logged", held)
             if allowed:
-                log.warning("%s", warning)
+                self._log(logging.WARNING, "%s", warning)
         if outcome.barge_to is not None:
             self.player.stop_before(outcome.barge_to, "barge")
+        stop_through = getattr(outcome, "stop_through", None)
+        if stop_through is not None:
+            self.player.stop_before(stop_through + 1, "barge")
         for key in outcome.aborted:
             self.player.abort(key[0], key[1], "dropped")
+            self.budget.left(key)
         for sentence in outcome.ready:
-            self.player.enqueue(sentence)
+            key = (sentence.seq, sentence.sentence_id)
+            if self.player.enqueue(sentence):
+                self.budget.handed(key)
         for piece in outcome.pieces:
-            self.player.feed(piece)
+            if self.player.feed(piece) and piece.final:
+                self.budget.handed((piece.seq, piece.sentence_id))
 
     def _maybe_ready(self) -> None:
-        if (self._conv in ("thinking", "speaking") and not self.player.busy
+        if (self.turn.phase in ("thinking", "speaking") and not self.player.busy
                 and self.assembler.pending == 0
-                and self._answered_seq >= self.assembler.current_seq):
+                and self.turn.answered_all(self.assembler.current_seq)):
             self._set("ready")
 
     # --- player --------------------------------------------------------------------
 
     def _sentence_started(self, sentence: Sentence) -> None:
+        self.counters.add("sentences_played")
         with self._lock:
-            self.counters.sentences_played += 1
-            self.events.emit("sentence.play", seq=sentence.seq, sentence_id=sentence.sentence_id,
-                             bytes=len(sentence.mp3), text=sentence.text)
+            self.budget.started((sentence.seq, sentence.sentence_id))
+            self._emit("sentence.play", seq=sentence.seq, sentence_id=sentence.sentence_id,
+                       bytes=len(sentence.mp3), text=sentence.text)
             self._set("speaking")
 
     def _sentence_stopped(self, sentence: Sentence, reason: str) -> None:
-        self.counters.sentences_stopped += 1
-        self.events.emit("sentence.stop", seq=sentence.seq, sentence_id=sentence.sentence_id,
-                         reason=reason)
+        self.counters.add("sentences_stopped")
+        with self._lock:
+            self.budget.left((sentence.seq, sentence.sentence_id))
+            self._emit("sentence.stop", seq=sentence.seq, sentence_id=sentence.sentence_id,
+                       reason=reason)
 
     def _playback_idle(self) -> None:
         with self._lock:
-            if self._stopping.is_set() or self._conv != "speaking":
+            if not self.player.busy:
+                self.budget.clear()
+            if self._stopping.is_set() or self.turn.phase != "speaking":
                 return
-            answered = self._answered_seq >= self.assembler.current_seq
+            answered = self.turn.answered_all(self.assembler.current_seq)
             self._set("ready" if answered and self.assembler.pending == 0 else "thinking")
 
     def _audio_error(self, message: str) -> None:
-        self.events.emit("error", message=message)
-        if "failed to open" in message:
-            self._fault("speaker", True)
+        with self._lock:
+            self._emit("error", message=message)
+            if "failed to open" in message:
+                self._fault("speaker", True)
 
     def _audio_open(self, info: OutputInfo) -> None:
-        self.events.emit("audio.output", frequency=info.frequency, channels=info.channels,
-                         buffer=info.buffer, buffer_ms=round(info.buffer_ms, 1),
-                         driver=info.driver)
-        self._fault("speaker", False)
+        with self._lock:
+            self._emit("audio.output", frequency=info.frequency, channels=info.channels,
+                       buffer=info.buffer, buffer_ms=round(info.buffer_ms, 1),
+                       driver=info.driver)
+            self._fault("speaker", False)
 
     def mic_error(self, message: str) -> None:
-        self.events.emit("error", message=message)
-        self._fault("mic", True)
+        with self._lock:
+            self._emit("error", message=message)
+            self._fault("mic", True)
 
     def mic_recovered(self) -> None:
-        self.events.emit("mic.recovered")
-        self._fault("mic", False)
+        with self._lock:
+            self._emit("mic.recovered")
+            self._fault("mic", False)
 
     # --- the button and the control socket -------------------------------------------
 
@@ -362,15 +405,20 @@ class Appliance:
     def press(self, source: str = "button") -> str:
         """A short press: interrupt the agent, or a chime when there is nothing to stop."""
         with self._lock:
-            if self.player.busy or self._conv in ("speaking", "thinking"):
-                self.counters.barges_button += 1
+            barge = self.player.busy or self.turn.phase in ("speaking", "thinking")
+            if barge:
+                self.counters.add("barges_button")
                 seq = self.assembler.current_seq
                 self.player.stop_all("button")                  # silence first, then talk
-                self.assembler.interrupt()
-                self.events.emit("barge", seq=seq, source=source)
-                self.link.send_control(protocol.barge_message())
+                self._apply(self.assembler.interrupt())
+                self.turn.press(seq)
+                self.budget.clear()
+                self._emit("barge", seq=seq, source=source)
+                self.link.send_control(protocol.barge_message(), urgent=True)
                 self._set("ready")
-                return "barged"
+        self.effects.flush(FLUSH_S)
+        if barge:
+            return "barged"
         self.player.play_cue(self._chime)
         return "chime"
 
@@ -384,6 +432,7 @@ class Appliance:
             self.muted = muted
             if muted and self.gate is not None and self.gate.active:
                 self.gate.reset()           # the utterance ends here: let the server know
-                self.link.send_control(protocol.stop_message())
-            self.events.emit("mute", muted=muted)
-            self.panel.show(self.state, muted)      # the privacy glow, same state
+                self.link.send_control(protocol.stop_message())   # after its queued audio
+            self._emit("mute", muted=muted)
+            self._show()                    # the privacy glow, same state
+        self.effects.flush(FLUSH_S)

@@ -1,21 +1,26 @@
-"""The connection to the voice agent: one websocket-client session at a time, forever.
+"""The connection to the voice agent: one websocket session at a time, forever.
 
-Owns two threads. ``link`` connects, sends ``start``, waits for ``ready`` and
-``stt.ready``, then receives and parses server messages until the connection ends, and
-reconnects with exponential backoff and jitter (slowly after an authentication error).
-``link-tx`` is the only thread that writes to the socket: it drains a bounded outbox
-(control messages first, then audio frames, the oldest audio dropped when full) and sends
-keepalive pings. The socket's timeout (ping interval + ping timeout) declares the link dead
-when nothing came back in time, or when a send cannot complete for as long.
+Owns two threads. ``link`` opens a socket, tells the orchestrator a new session began
+(``on_session_start``, before anything is sent), sends ``start``, handles what arrives
+until ``stt.ready``, then receives and parses server messages until the connection ends,
+and reconnects with exponential backoff and jitter (slowly after an authentication error:
+the server's auth error message, or a close with code 1008). ``link-tx`` is the only
+thread that writes to sockets: it drains the current session's bounded outbox (audio and
+``stop`` in order, ``barge`` ahead of them) and sends keepalive pings. The socket's timeout
+(ping interval + ping timeout) declares the link dead when nothing came back in time, or
+when a send cannot complete for as long.
+
+Each connection is a :class:`~soca_appliance.session.Session`: a failure on one socket can
+only end that session, and frames queued for one session are never sent on the next.
 
 Mic frames offered before ``stt.ready`` are dropped and counted, never queued: stale speech
 must not reach the agent late. The private key is only ever inside the start message.
+Each counter in :class:`LinkStats` is written by one thread only (named beside it).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import ssl
 import struct
 import threading
@@ -30,12 +35,14 @@ import websocket
 from . import protocol
 from .backoff import Backoff
 from .framing import Frame
-from .protocol import ProtocolError, ServerError, ServerMessage, SttReady, Ready
+from .protocol import ProtocolError, Ready, ServerError, ServerMessage, SttReady
+from .session import Session
 
 log = logging.getLogger("soca.link")
 
 ABNORMAL_CLOSE = 1006
 NORMAL_CLOSE = 1000
+POLICY_CLOSE = 1008             # the server's word for "your key is refused"
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,8 @@ class LinkSettings:
 @dataclass
 class LinkCallbacks:
     on_connecting: Callable[[int], None] = lambda attempt: None
+    # A new socket is open (before start): whatever the old session left is over.
+    on_session_start: Callable[[int], None] = lambda generation: None
     on_connected: Callable[[str], None] = lambda session_id: None
     on_disconnected: Callable[[Optional[int], str, float, bool], None] = \
         lambda code, reason, retry_in, auth: None
@@ -69,57 +78,14 @@ class LinkCallbacks:
 
 @dataclass
 class LinkStats:
-    attempts: int = 0
-    connects: int = 0
-    frames_sent: int = 0
-    frames_dropped_not_ready: int = 0
-    frames_dropped_full: int = 0
-    controls_sent: int = 0
-    bad_messages: int = 0
-    latencies: deque = field(default_factory=lambda: deque(maxlen=4096))
-
-
-class _Outbox:
-    """Bounded: control messages never wait behind audio, and old audio makes way for new."""
-
-    def __init__(self, max_frames: int) -> None:
-        self.audio: deque[Frame] = deque()
-        self.control: deque[str] = deque(maxlen=16)
-        self.max_frames = max_frames
-        self.cond = threading.Condition()
-
-    def put_audio(self, frame: Frame) -> bool:
-        with self.cond:
-            dropped = len(self.audio) >= self.max_frames
-            if dropped:
-                self.audio.popleft()
-            self.audio.append(frame)
-            self.cond.notify()
-        return not dropped
-
-    def put_control(self, text: str) -> None:
-        with self.cond:
-            self.control.append(text)
-            self.cond.notify()
-
-    def get(self, timeout: float) -> Optional[Union[str, Frame]]:
-        with self.cond:
-            if not self.control and not self.audio:
-                self.cond.wait(timeout)
-            if self.control:
-                return self.control.popleft()
-            if self.audio:
-                return self.audio.popleft()
-            return None
-
-    def clear(self) -> None:
-        with self.cond:
-            self.audio.clear()
-            self.control.clear()
-
-    def wake(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
+    attempts: int = 0                   # link thread
+    connects: int = 0                   # link thread
+    frames_sent: int = 0                # link-tx
+    frames_dropped_not_ready: int = 0   # the caller of send_audio (the source thread)
+    frames_dropped_full: int = 0        # the caller of send_audio
+    controls_sent: int = 0              # link-tx
+    bad_messages: int = 0               # link thread
+    latencies: deque = field(default_factory=lambda: deque(maxlen=4096))   # link-tx
 
 
 class _Handshake(Exception):
@@ -138,12 +104,10 @@ class Link:
                                           cap=settings.backoff_max)
         self.stats = LinkStats()
         self.session_id = ""
-        self._outbox = _Outbox(settings.queue_frames)
-        self._ws: Optional[websocket.WebSocket] = None
-        self._ws_lock = threading.Lock()
-        self._streaming = threading.Event()
+        self.generation = 0
+        self._session: Optional[Session] = None
+        self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._auth_failed = False
         self._rx = threading.Thread(target=self._run, name="link", daemon=True)
         self._tx = threading.Thread(target=self._send_loop, name="link-tx", daemon=True)
 
@@ -154,39 +118,51 @@ class Link:
         self._tx.start()
 
     @property
+    def session(self) -> Optional[Session]:
+        with self._lock:
+            return self._session
+
+    @property
     def streaming(self) -> bool:
-        return self._streaming.is_set()
+        session = self.session
+        return session is not None and session.streaming.is_set()
 
     def send_audio(self, frame: Frame) -> bool:
-        if not self._streaming.is_set():
+        session = self.session
+        if session is None or not session.streaming.is_set():
             self.stats.frames_dropped_not_ready += 1
             return False
-        if not self._outbox.put_audio(frame):
+        if not session.outbox.put_audio(frame):
             self.stats.frames_dropped_full += 1
         return True
 
-    def send_control(self, text: str) -> bool:
-        if not self._streaming.is_set():
+    def send_control(self, text: str, urgent: bool = False) -> bool:
+        """A control message for the current session: after the audio already queued
+        (``stop``), or ahead of it when ``urgent`` (``barge``)."""
+        session = self.session
+        if session is None or not session.streaming.is_set():
             log.debug("not connected: control message %s not sent", text)
             return False
-        self._outbox.put_control(text)
+        if not session.outbox.put_control(text, urgent):
+            log.debug("outbox full of controls: %s not sent", text)
+            return False
         return True
 
     def close(self, timeout: float = 1.0) -> None:
         """Close with code 1000 and stop both threads within ``timeout``."""
         self._closing.set()
-        self._streaming.clear()
-        ws = self._current()
-        if ws is not None:
+        session = self.session
+        if session is not None:
+            session.streaming.clear()
             # The close frame goes from a helper thread: link-tx may hold the socket's
             # lock, blocked in a send on a dead link, and shutdown must not wait for it.
-            closer = threading.Thread(target=_send_close, args=(ws,), name="link-close",
-                                      daemon=True)
+            closer = threading.Thread(target=_send_close, args=(session.ws,),
+                                      name="link-close", daemon=True)
             closer.start()
             closer.join(timeout / 4)
-        self._outbox.wake()
         self._rx.join(timeout / 4)
-        self._abort()                          # the server did not answer the close: cut
+        if session is not None:
+            session.end()                  # the server did not answer the close: cut
         self._rx.join(timeout / 4)
         self._tx.join(timeout / 4)
 
@@ -199,57 +175,63 @@ class Link:
         while not self._closing.is_set():
             self.stats.attempts += 1
             self.cb.on_connecting(self.stats.attempts)
-            code, reason, up_for = self._session()
-            self._streaming.clear()
-            self._outbox.clear()
-            with self._ws_lock:
-                ws, self._ws = self._ws, None
-            if ws is not None:
-                ws.shutdown()
+            self.generation += 1
+            ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True,
+                                     sslopt=self._sslopt())
+            session = Session(self.generation, ws, self.settings.queue_frames)
+            with self._lock:
+                self._session = session
+            try:
+                code, reason, up_for = self._serve(session)
+            finally:
+                session.end()
+                with self._lock:
+                    if self._session is session:
+                        self._session = None
+                with contextlib.suppress(websocket.WebSocketException, OSError, ValueError):
+                    ws.shutdown()
             if self._closing.is_set():
                 return
             if up_for >= self.settings.stable_after:
                 self.backoff.reset()
-            auth = self._auth_failed
+            auth = session.auth_failed
             delay = (self.backoff.slow(self.settings.auth_retry) if auth
                      else self.backoff.next_delay())
             self.cb.on_disconnected(code, reason, round(delay, 2), auth)
             self._closing.wait(delay)
 
-    def _session(self) -> tuple[Optional[int], str, float]:
+    def _serve(self, session: Session) -> tuple[Optional[int], str, float]:
         """One connection, from connect to close. Returns (close code, reason, seconds up)."""
-        self._auth_failed = False
-        ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True,
-                                 sslopt=self._sslopt())
-        with self._ws_lock:
-            self._ws = ws
+        ws = session.ws
         up_since: Optional[float] = None
         try:
             ws.connect(self.settings.url, timeout=self.settings.connect_timeout)
             if self._closing.is_set():
                 return NORMAL_CLOSE, "shutdown", 0.0
-            self._handshake(ws)
+            self.cb.on_session_start(session.generation)
+            self._handshake(session)
             # Pongs arrive every ping_interval: longer silence on receive, or a send that
             # cannot complete for as long, means the link is dead.
             ws.settimeout(self.settings.ping_interval + self.settings.ping_timeout)
             up_since = time.monotonic()
             self.stats.connects += 1
-            self._streaming.set()
+            session.next_ping = up_since + self.settings.ping_interval
+            session.streaming.set()
             self.cb.on_connected(self.session_id)
-            return (*self._receive(ws), time.monotonic() - up_since)
+            return (*self._receive(session), time.monotonic() - up_since)
         except _Handshake as exc:
-            self._auth_failed = exc.auth
+            session.auth_failed = exc.auth
             return exc.code, str(exc), 0.0
         except websocket.WebSocketBadStatusException as exc:
             return None, f"server refused the upgrade: HTTP {exc.status_code}", 0.0
         except ssl.SSLError as exc:
             return None, f"TLS failed: {exc.reason or exc}", 0.0
-        except (websocket.WebSocketException, OSError) as exc:
+        except (websocket.WebSocketException, OSError, ValueError) as exc:
             up = 0.0 if up_since is None else time.monotonic() - up_since
-            return None, _describe(exc), up
+            return None, session.failure or _describe(exc), up
 
-    def _handshake(self, ws: websocket.WebSocket) -> None:
-        s = self.settings
+    def _handshake(self, session: Session) -> None:
+        s, ws = self.settings, session.ws
         self.session_id = s.session_id or str(uuid.uuid4())
         ws.send(protocol.start_message(private_key=s.private_key, session_id=self.session_id,
                                        agent_id=s.agent_id, lang=s.lang, key_field=s.key_field))
@@ -264,30 +246,37 @@ class Link:
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 code, reason = _close_status(frame.data)
                 raise _Handshake(f"server closed during start ({code} {reason})".strip(),
-                                 code=code)
+                                 auth=code == POLICY_CLOSE, code=code)
             if opcode != websocket.ABNF.OPCODE_TEXT:
                 continue
             message = self._parse(frame.data)
-            if isinstance(message, ServerError):
-                raise _Handshake(f"server error: {message.message}", auth=message.is_auth)
+            if isinstance(message, ServerError) and message.is_auth:
+                raise _Handshake(f"server error: {message.message}", auth=True)
             if isinstance(message, Ready):
                 self.session_id = message.session_id or self.session_id
             elif isinstance(message, SttReady):
                 return
             elif message is not None:
+                # A greeting, a transcript, an error that is not about the key: handled
+                # like any message of the session (the session started at socket open).
                 self.cb.on_message(message)
 
-    def _receive(self, ws: websocket.WebSocket) -> tuple[Optional[int], str]:
+    def _receive(self, session: Session) -> tuple[Optional[int], str]:
+        ws = session.ws
         binary_warned = False
         while True:
             try:
                 opcode, frame = ws.recv_data_frame(True)
             except websocket.WebSocketTimeoutException:
+                if session.failure:
+                    return None, session.failure
                 silent = self.settings.ping_interval + self.settings.ping_timeout
                 log.warning("no reply from the server for %.0f s: the link is dead", silent)
                 return None, "link dead (no reply to pings)"
             if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return _close_status(frame.data)
+                code, reason = _close_status(frame.data)
+                session.auth_failed = code == POLICY_CLOSE
+                return code, reason
             if opcode == websocket.ABNF.OPCODE_BINARY:
                 if not binary_warned:
                     self.cb.on_bad_message(f"unexpected binary frame from the server "
@@ -299,11 +288,16 @@ class Link:
             message = self._parse(frame.data)
             if message is None:
                 continue
-            if isinstance(message, ServerError) and message.is_auth:
-                self._auth_failed = True
-                self.cb.on_message(message)
-                return None, f"server error: {message.message}"
+            if isinstance(message, Ready):
+                # A late ready (after stt.ready) names the session: keep its id.
+                if message.session_id and message.session_id != self.session_id:
+                    log.info("the server named the session %s", message.session_id)
+                    self.session_id = message.session_id
+                continue
             self.cb.on_message(message)
+            if isinstance(message, ServerError) and message.is_auth:
+                session.auth_failed = True
+                return None, f"server error: {message.message}"
 
     def _parse(self, data: Union[bytes, str]) -> Optional[ServerMessage]:
         try:
@@ -322,45 +316,38 @@ class Link:
     # --- sender thread -------------------------------------------------------------
 
     def _send_loop(self) -> None:
-        next_ping = time.monotonic() + self.settings.ping_interval
         while not self._closing.is_set():
-            item = self._outbox.get(timeout=0.1)
-            ws = self._current()
-            if ws is None or not self._streaming.is_set():
-                next_ping = time.monotonic() + self.settings.ping_interval
+            session = self.session
+            if session is None or not session.streaming.wait(0.05):
                 continue
+            item = session.outbox.get(timeout=0.1)
             try:
-                if isinstance(item, Frame):
-                    ws.send_binary(item.pcm)
-                    self.stats.frames_sent += 1
-                    self.stats.latencies.append(time.monotonic() - item.t_capture)
-                elif isinstance(item, str):
-                    ws.send(item)
-                    self.stats.controls_sent += 1
-                now = time.monotonic()
-                if now >= next_ping:
-                    ws.ping()
-                    next_ping = now + self.settings.ping_interval
-            except (websocket.WebSocketException, OSError) as exc:
-                log.info("send failed (%s); reconnecting", _describe(exc))
-                self._abort()
+                self._send(session, item)
+            except (websocket.WebSocketException, OSError, ValueError) as exc:
+                # Only this session ends, whatever session is current by now.
+                reason = f"send failed ({_describe(exc)})"
+                if session.fail(reason):
+                    log.info("%s on session %d; reconnecting", reason, session.generation)
+                else:
+                    log.debug("%s on session %d, already over", reason, session.generation)
 
-    def _current(self) -> Optional[websocket.WebSocket]:
-        with self._ws_lock:
-            return self._ws
-
-    def _abort(self) -> None:
-        ws = self._current()
-        sock = getattr(ws, "sock", None)
-        if sock is not None:
-            # Shut the socket down directly (ws.abort() does nothing once a close frame
-            # was sent): wakes the receiving thread and frees a blocked send.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+    def _send(self, session: Session, item: Optional[Union[str, Frame]]) -> None:
+        ws = session.ws
+        if isinstance(item, Frame):
+            ws.send_binary(item.pcm)
+            self.stats.frames_sent += 1
+            self.stats.latencies.append(time.monotonic() - item.t_capture)
+        elif isinstance(item, str):
+            ws.send(item)
+            self.stats.controls_sent += 1
+        now = time.monotonic()
+        if now >= session.next_ping and session.streaming.is_set():
+            ws.ping()
+            session.next_ping = now + self.settings.ping_interval
 
 
 def _send_close(ws: websocket.WebSocket) -> None:
-    with contextlib.suppress(websocket.WebSocketException, OSError):
+    with contextlib.suppress(websocket.WebSocketException, OSError, ValueError):
         ws.send_close(NORMAL_CLOSE)
 
 
