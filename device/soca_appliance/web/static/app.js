@@ -4,10 +4,11 @@
 
 const TEXT = {
   en: {
-    connecting: "Connecting…", ready: "Ready: just talk", listening: "Listening…",
+    connecting: "Connecting…", ready: "Ready", listening: "Listening…",
     thinking: "Thinking…", speaking: "Speaking", error: "Out of order", stopped: "Stopped",
     stop: "Stop", mute: "Mute mic", unmute: "Unmute mic", muted: "Mic off",
-    you: "You", agent: "Assistant", hint: "Say something to start.",
+    you: "You", agent: "Assistant", hint: "Just talk: say something to start.",
+    hintMuted: "The microphone is off: press Unmute mic to talk.",
     offline: "Offline: the assistant cannot be reached. Reconnecting…",
     unreachable: "The kiosk is not responding. Please wait…",
     errorPrefix: "Out of order: ", errorGeneric: "please ask the staff for help",
@@ -15,10 +16,11 @@ const TEXT = {
              speaker: "the speaker is not working" },
   },
   id: {
-    connecting: "Menghubungkan…", ready: "Siap: silakan bicara", listening: "Mendengarkan…",
+    connecting: "Menghubungkan…", ready: "Siap", listening: "Mendengarkan…",
     thinking: "Berpikir…", speaking: "Berbicara", error: "Sedang gangguan", stopped: "Berhenti",
     stop: "Berhenti", mute: "Matikan mik", unmute: "Nyalakan mik", muted: "Mik mati",
-    you: "Anda", agent: "Asisten", hint: "Ucapkan sesuatu untuk memulai.",
+    you: "Anda", agent: "Asisten", hint: "Silakan bicara: ucapkan sesuatu untuk memulai.",
+    hintMuted: "Mikrofon mati: tekan Nyalakan mik untuk bicara.",
     offline: "Tidak terhubung: asisten tidak dapat dijangkau. Menghubungkan ulang…",
     unreachable: "Kios tidak merespons. Mohon tunggu…",
     errorPrefix: "Sedang gangguan: ", errorGeneric: "silakan hubungi petugas",
@@ -141,6 +143,7 @@ function render() {
   pill.dataset.state = ui.state;
   pill.textContent = T[ui.state] || ui.state;
   $("muted-badge").hidden = !ui.muted;
+  $("hint").textContent = ui.muted ? T.hintMuted : T.hint;
   const mute = $("mute");
   mute.textContent = ui.muted ? T.unmute : T.mute;
   mute.setAttribute("aria-pressed", ui.muted ? "true" : "false");
@@ -187,7 +190,7 @@ function connect() {
 }
 
 $("stop").textContent = T.stop;
-$("hint").textContent = T.hint;
+$("muted-badge").textContent = T.muted;
 $("stop").addEventListener("click", () => post("/api/stop", {}));
 $("mute").addEventListener("click", () => post("/api/mute", { muted: !ui.muted })
   .then((r) => { if (r && r.ok) { ui.muted = r.muted; render(); } }));
