@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 import websocket
 
+from conftest import wait_for
+
 from soca_appliance.simulator import Simulator, main, mp3_duration, split_chunks
 from soca_appliance.simulator.gate import GateConfig
 
@@ -547,6 +549,15 @@ def test_odd_frame_is_a_logged_protocol_error(sim: Simulator,
     for sent in (err["message"], "session already started", broken, marker):
         assert any("sess-1" in line and sent in line for line in lines), (sent, lines)
     assert sim.stats()["frames_rejected"] == 1 and sim.stats()["frames_received"] == 1
+
+
+def test_oversize_frame_closes_with_1009_and_is_logged(sim: Simulator,
+                                                       sim_log: pytest.LogCaptureFixture) -> None:
+    ws = connect(sim)
+    ws.send_binary(b"\x00" * (64 * 1024 + 2))              # over 2 s of audio in one frame
+    assert close_code(ws) == 1009
+    wait_for(lambda: "1009" in sim_log.text, 5, "the simulator's log line about the 1009")
+    assert "65536 bytes" in sim_log.text
 
 
 def test_refused_start_is_logged_with_its_reason(sim: Simulator,

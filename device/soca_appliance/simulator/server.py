@@ -234,8 +234,10 @@ class Simulator:
                     await session.audio(message)
                 else:
                     await session.text(message)
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == 1009:   # websockets refused it
+                log.warning("connection from %s closed with 1009: a message over %d bytes",
+                            peer, MAX_MESSAGE_BYTES)
         finally:
             self._conns.discard(ws)
             if session is not None:
