@@ -6,10 +6,11 @@ import io
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from soca_appliance.assembler import Assembler, Sentence
+from soca_appliance.assembler import Assembler, Piece, Sentence
 from soca_appliance.player import Player, PlayerCallbacks, pygame
 from soca_appliance.protocol import SentenceChunk
 
@@ -114,3 +115,61 @@ def test_stop_silences_a_progressive_sentence(disk: Path) -> None:
     finally:
         player.close()
     assert rec.stopped == [(stopped[0], "barge")]
+
+
+def _piece(data: bytes, first: bool, final: bool, seq: int = 1, sid: int = 1) -> Piece:
+    return Piece(seq, sid, data, "piece", first, final)
+
+
+class RacingPlayer(Player):
+    """The last piece arrives while the player decodes a prefix too short to decode."""
+
+    def __init__(self, callbacks: PlayerCallbacks, last: Piece) -> None:
+        super().__init__(callbacks)
+        self.last, self.raced = last, False
+
+    def _decode(self, item: Any, mp3: bytes, *args: Any) -> Any:
+        if not self.raced:
+            self.raced = True
+            assert self.feed(self.last)         # meanwhile, on the link thread
+        return super()._decode(item, mp3, *args)
+
+
+def test_last_piece_arriving_during_a_prefix_decode_is_not_called_invalid(disk: Path) -> None:
+    errors: list[str] = []
+    rec = Recorder()
+    rec.callbacks.on_error = errors.append
+    player = RacingPlayer(rec.callbacks, _piece(MP3[100:], first=False, final=True))
+    player.start()
+    wait_for(lambda: player.info is not None)
+    try:
+        assert player.feed(_piece(MP3[:100], first=True, final=False))
+        assert rec.idle.wait(10)
+        pcm = decoded(MP3)
+    finally:
+        player.close()
+    assert player.raced
+    assert errors == [] and player.dropped == 0
+    assert [s.sentence_id for _, s in rec.started] == [1]
+    assert heard(disk, pcm) == pcm
+
+
+def test_after_an_underrun_playback_prebuffers_again(disk: Path) -> None:
+    """A sentence arriving at about 0.6x real time: each underrun is followed by a fresh
+    prebuffer, not by one MP3 frame and another underrun."""
+    rec = Recorder()
+    player = run_player(rec)
+    size = 300                                   # ~75 ms of 32 kbps MP3 a piece
+    parts = [MP3[i:i + size] for i in range(0, len(MP3), size)]
+    try:
+        for n, part in enumerate(parts):
+            assert player.feed(_piece(part, first=n == 0, final=False))
+            time.sleep(0.12)                     # 75 ms of audio every 120 ms
+        assert player.feed(_piece(b"", first=False, final=True))
+        assert rec.idle.wait(10)
+        audio_s = len(decoded(MP3)) / (2 * 22050)
+    finally:
+        player.close()
+    # Each resume has a prebuffer in hand, so there can be no more underruns than that.
+    assert 1 <= player.underruns <= audio_s / player.prebuffer_s, player.underruns
+

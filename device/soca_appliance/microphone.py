@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from . import devices
 from .backoff import Backoff
-from .quiet import import_pyaudio, quiet
+from .quiet import import_pyaudio, quiet, refresh_alsa_config
 from .source import ThreadedSource
 from .framing import Converter, Frame, Framer
 from .protocol import SAMPLE_RATE
@@ -56,6 +56,7 @@ class DeviceInfo:
 
 def open_pyaudio() -> Any:
     pyaudio = import_pyaudio()
+    refresh_alsa_config()          # PortAudio lists what ALSA's config says now
     with quiet():
         return pyaudio.PyAudio()
 

@@ -10,7 +10,8 @@ journal then gets no diagnostics and no tracebacks.
 Here instead, once per library and under one lock:
 
 * every loaded copy of libasound (the system's, and the one bundled in pygame's wheel) gets
-  a no-op error handler through ``snd_lib_error_set_handler``;
+  a no-op error handler through ``snd_lib_error_set_handler``; the system's is loaded and
+  held first, because SDL's ALSA driver loads it afresh (and unloads it) on every attempt;
 * libjack gets no-op error and info functions (``jack_set_error_function``,
   ``jack_set_info_function``) and ``JACK_NO_START_SERVER=1`` so no jackd is ever started.
 
@@ -39,6 +40,7 @@ log = logging.getLogger("soca.quiet")
 _lock = threading.Lock()
 _done: set[str] = set()         # library paths already given a handler
 _noop: Optional[int] = None
+_held: list[ctypes.CDLL] = []   # libraries kept loaded so that they keep their handler
 
 
 def _noop_pointer() -> Optional[int]:
@@ -91,6 +93,14 @@ def silence_native_noise() -> int:
         pointer = _noop_pointer()
         if pointer is None:
             return 0
+        if not _held:
+            # SDL's ALSA driver dlopens the system's libasound on each mixer.init and
+            # dlcloses it after a failure: held here, it stays loaded (parsed once, and
+            # with the handler installed) instead of printing afresh on every attempt.
+            name = ctypes.util.find_library("asound")
+            with contextlib.suppress(OSError):
+                if name:
+                    _held.append(ctypes.CDLL(name))
         count = 0
         for fragment, setters in (("libasound", ("snd_lib_error_set_handler",)),
                                   ("libjack", ("jack_set_error_function",
@@ -100,6 +110,19 @@ def silence_native_noise() -> int:
                     _done.add(path)
                     count += 1
         return count
+
+
+def refresh_alsa_config() -> None:
+    """Re-read ALSA's configuration if its files changed (``snd_config_update``).
+
+    PortAudio reads ALSA's global configuration only when nobody has yet: once SDL has
+    parsed it in this process (libasound is held loaded, see above), a PortAudio
+    initialised later would not see an edited ``asoundrc`` or ``ALSA_CONFIG_PATH``.
+    """
+    with _lock:
+        for lib in _held:
+            with contextlib.suppress(AttributeError, OSError):
+                lib.snd_config_update()
 
 
 def quietened() -> list[str]:

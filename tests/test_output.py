@@ -1,0 +1,188 @@
+"""The speaker as a device that fails, goes away and comes back: the player reports each
+outage once, does not call ``mixer.init`` while no device can exist, survives any
+exception from the mixer, and plays again when the device is back."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from soca_appliance import devices
+from soca_appliance.assembler import Sentence
+from soca_appliance.devices import Presence
+from soca_appliance.player import Player, PlayerCallbacks, pygame
+
+from conftest import ASSETS, wait_for
+
+MP3 = (ASSETS / "answer-en-1-2.mp3").read_bytes()
+
+
+class Events:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.outputs: list[Any] = []
+        self.started: list[Sentence] = []
+        self.idle = threading.Event()
+        self.callbacks = PlayerCallbacks(on_error=self.errors.append,
+                                         on_output=self.outputs.append,
+                                         on_start=self.started.append, on_idle=self.idle.set)
+
+
+class Socket:
+    """A controllable presence check: a USB card that is plugged in or not."""
+
+    def __init__(self, plugged: bool = True) -> None:
+        self.plugged = plugged
+        self.checks = 0
+
+    def __call__(self) -> Presence:
+        self.checks += 1
+        if self.plugged:
+            return Presence(True, ("card:1:USB", "pcm:C1D0p"), "1 sound card(s)")
+        return Presence(False, (), "no sound card (ALSA lists none)")
+
+
+def test_a_missing_mixer_module_is_a_reported_retried_fault(monkeypatch) -> None:
+    """pygame without libglib: mixer.init raises NotImplementedError (issue 13). The
+    player thread lives, says so once, and plays when the mixer works again."""
+    real_init = pygame.mixer.init
+    calls = {"n": 0}
+
+    def init(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise NotImplementedError("mixer module not available (ImportError: "
+                                      "libgthread-2.0.so.0: cannot open shared object file)")
+        real_init(*args, **kwargs)
+
+    monkeypatch.setattr(pygame.mixer, "init", init)
+    ev = Events()
+    player = Player(ev.callbacks, retry_s=0.02)
+    player.start()
+    try:
+        wait_for(lambda: ev.outputs, timeout=10, what="the output to open on the 4th try")
+        assert player.alive()
+        assert calls["n"] == 4
+        assert len(ev.errors) == 1, ev.errors
+        assert "audio output failed to open" in ev.errors[0]
+        assert "libglib2.0-0" in ev.errors[0]
+        assert player.enqueue(Sentence(1, 1, MP3, "after the fault"))
+        assert ev.idle.wait(10) and [s.sentence_id for s in ev.started] == [1]
+    finally:
+        player.close()
+
+
+def test_any_exception_in_the_player_thread_is_survived(monkeypatch) -> None:
+    ev = Events()
+    player = Player(ev.callbacks, retry_s=0.02)
+    player.start()
+    try:
+        wait_for(lambda: player.info is not None)
+        real_sound = pygame.mixer.Sound
+        broken = {"on": True}
+
+        def sound(*args: Any, **kwargs: Any) -> Any:
+            if broken["on"] and "buffer" in kwargs:
+                raise MemoryError("out of memory")          # anything at all
+            return real_sound(*args, **kwargs)
+
+        monkeypatch.setattr(pygame.mixer, "Sound", sound)
+        player.enqueue(Sentence(1, 1, MP3, "breaks"))
+        wait_for(lambda: player.faults >= 1, what="the fault")
+        broken["on"] = False
+        wait_for(lambda: player.info is not None, what="the output reopened")
+        assert player.alive()
+        assert [e for e in ev.errors if "player fault: MemoryError" in e]
+        player.enqueue(Sentence(1, 2, MP3, "works"))
+        wait_for(lambda: [s for s in ev.started if s.sentence_id == 2], what="sentence 2")
+    finally:
+        player.close()
+
+
+def test_no_sound_card_one_error_and_no_init_until_a_card_appears(monkeypatch) -> None:
+    """SDL's ALSA driver with no card: the first open fails and is reported; then the
+    device list is watched and mixer.init is not called again (each failed call leaks
+    ~141 kB) until a card appears; then it opens and says so."""
+    monkeypatch.setenv("SDL_AUDIODRIVER", "alsa")
+    socket = Socket(plugged=False)
+    real_init = pygame.mixer.init
+    calls = {"n": 0}
+
+    def init(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        real_init(*args, **kwargs)
+
+    monkeypatch.setattr(pygame.mixer, "init", init)
+    ev = Events()
+    player = Player(ev.callbacks, retry_s=0.001, retry_max_s=0.002, presence=socket,
+                    poll_s=0.002)
+    player.start()
+    try:
+        wait_for(lambda: socket.checks >= 300, what="300 looks at the device list")
+        assert calls["n"] == 1                  # no retry while nothing changed
+        assert len(ev.errors) == 1 and "retrying when a sound card appears" in ev.errors[0]
+        assert not player.enqueue(Sentence(1, 1, MP3, "nobody hears this"))
+        # The card comes (SDL's disk driver stands in for it): opened at once.
+        monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
+        socket.plugged = True
+        wait_for(lambda: ev.outputs, what="the output to open")
+        assert calls["n"] == 2 and len(ev.errors) == 1
+    finally:
+        player.close()
+
+
+def test_retries_with_no_card_report_one_error_not_one_per_retry(monkeypatch) -> None:
+    """The real device check on this machine (no sound card) and fast retries."""
+    if devices.alsa("p").present:
+        pytest.skip("this machine has a sound card")
+    monkeypatch.setenv("SDL_AUDIODRIVER", "alsa")
+    ev = Events()
+    player = Player(ev.callbacks)
+    player.retry_s = 0.005
+    player.start()
+    try:
+        time.sleep(1.0)         # the window whose retries are counted: 200 at the old pace
+        assert player.alive()
+    finally:
+        player.close()
+    assert len(ev.errors) == 1, ev.errors
+
+
+def test_speaker_unplugged_while_running_is_reopened_when_back(monkeypatch, tmp_path: Path
+                                                               ) -> None:
+    first, second = tmp_path / "before.raw", tmp_path / "after.raw"
+    monkeypatch.setenv("SDL_AUDIODRIVER", "disk")
+    monkeypatch.setenv("SDL_DISKAUDIOFILE", str(first))
+    socket = Socket(plugged=True)
+    ev = Events()
+    player = Player(ev.callbacks, retry_s=0.02, retry_max_s=0.05, presence=socket,
+                    poll_s=0.02)
+    player.start()
+    try:
+        wait_for(lambda: ev.outputs, what="the output to open")
+        # Unplugged: the card leaves the list, and opening any output fails meanwhile.
+        monkeypatch.setenv("SDL_AUDIODRIVER", "no-such-driver")
+        socket.plugged = False
+        wait_for(lambda: player.output.losses == 1, what="the loss to be noticed")
+        wait_for(lambda: ev.errors, what="the outage reported")
+        attempts = player.output.attempts
+        checks = socket.checks
+        wait_for(lambda: socket.checks >= checks + 20, what="more looks at the device list")
+        assert player.output.attempts == attempts        # no init while nothing changed
+        assert not player.enqueue(Sentence(1, 1, MP3, "unplugged"))
+        # Plugged back in.
+        monkeypatch.setenv("SDL_AUDIODRIVER", "disk")
+        monkeypatch.setenv("SDL_DISKAUDIOFILE", str(second))
+        socket.plugged = True
+        wait_for(lambda: len(ev.outputs) == 2, what="the output reopened")
+        assert len(ev.errors) == 1, ev.errors
+        assert player.enqueue(Sentence(1, 2, MP3, "plugged back"))
+        assert ev.idle.wait(10)
+        pcm = pygame.mixer.Sound(file=io.BytesIO(MP3)).get_raw()     # the player's mixer
+    finally:
+        player.close()
+    assert pcm[4000:4400] in second.read_bytes()         # heard after the replug
