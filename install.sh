@@ -373,7 +373,7 @@ for req in md.requires("soca-appliance") or []:
         except md.PackageNotFoundError:
             missing.append(name)
         continue
-    print(req.split(";")[0].strip())
+    print(req)                          # markers kept: pip evaluates them
 if missing:
     print("MISSING " + " ".join(missing))
 PY

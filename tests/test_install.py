@@ -205,6 +205,29 @@ def test_deps_debian_uses_system_site_packages_and_says_so(tmp_path: Path,
     assert "path=debian-packages" in (layout.prefix / "INSTALL_PATH").read_text().splitlines()
 
 
+def test_deps_debian_takes_from_pypi_only_what_debian_does_not_provide(
+        tmp_path: Path, deps_path: Path) -> None:
+    # Everything is already importable (PYTHONPATH), so pip finds each remaining requirement
+    # satisfied and downloads nothing but, without local build tools, setuptools to build the
+    # project; numpy, pygame and PyAudio are never asked for.
+    layout = Layout(tmp_path)
+    pip_args = "--no-index --no-build-isolation" if HAS_BUILD_TOOLS else "--quiet"
+    proc = run_install(layout, "--deps", "debian", "--pip-args", pip_args, deps=deps_path)
+    line = [ln for ln in proc.stdout.splitlines()
+            if ln.startswith("==> installing from PyPI what Debian does not provide: ")]
+    assert len(line) == 1, proc.stdout
+    asked = line[0].split(": ", 1)[1]
+    for name in ("websocket-client", "webrtcvad-wheels", "gpiozero", "soxr", "websockets"):
+        assert name in asked, name
+    for name in ("numpy", "pygame", "pyaudio"):
+        assert name not in asked.lower(), name
+    # A requirement's environment marker reaches pip (no echo-canceller wheel on 32-bit ARM).
+    required = importlib.metadata.requires("soca-appliance") or []
+    for req in required:
+        if ";" in req and "extra ==" not in req:
+            assert req in asked, req
+
+
 def test_deps_auto_picks_debian_packages_on_armhf(tmp_path: Path) -> None:
     # dpkg says armhf (a 32-bit Raspberry Pi OS): PyPI has no wheels there.
     shim = tmp_path / "shim"
