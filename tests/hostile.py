@@ -62,6 +62,14 @@ class HostileServer:
         self.connection_times: list[float] = []     # time.monotonic() of each TCP accept
         self.starts: list[dict[str, Any]] = []
         self.frames = 0
+        self.frames_by_connection: list[int] = []   # binary frames on each connection
+        # What each connection sent after start, in arrival order: ("binary", bytes) or
+        # ("text", parsed JSON).
+        self.arrivals: list[list[tuple[str, Any]]] = []
+        # Sent between ready and stt.ready (an agent that greets first, a handshake error).
+        self.before_stt_ready: list[Union[dict[str, Any], str]] = []
+        # Sent after stt.ready, before anything else (a late ready, say).
+        self.after_stt_ready: list[Union[dict[str, Any], str]] = []
         self.tls_failures = 0
         self._lock = threading.Lock()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -175,14 +183,29 @@ class HostileServer:
             if mode == "reset_after_start":
                 _rst(ws)
                 return
+            with self._lock:
+                index = len(self.frames_by_connection)
+                self.frames_by_connection.append(0)
+                self.arrivals.append([])
             if mode != "silent":
                 await ws.send(json.dumps({"type": "ready", "session_id": start.get("session_id")}))
+                for extra in list(self.before_stt_ready):
+                    await ws.send(extra if isinstance(extra, str) else json.dumps(extra))
                 await ws.send(json.dumps({"type": "stt.ready"}))
+                for extra in list(self.after_stt_ready):
+                    await ws.send(extra if isinstance(extra, str) else json.dumps(extra))
             self._clients.add(ws)
             async for message in ws:
-                if isinstance(message, bytes):
-                    with self._lock:
+                with self._lock:
+                    if isinstance(message, bytes):
                         self.frames += 1
+                        self.frames_by_connection[index] += 1
+                        self.arrivals[index].append(("binary", message))
+                    else:
+                        try:
+                            self.arrivals[index].append(("text", json.loads(message)))
+                        except ValueError:
+                            self.arrivals[index].append(("text", message))
         except ConnectionClosed:
             pass
         finally:

@@ -125,7 +125,9 @@ class Proxy:
     """A TCP proxy on 127.0.0.1 between the appliance and a server.
 
     ``stall()`` stops forwarding without closing (a half-open link); ``resume()`` goes
-    on; ``cut()`` resets every connection; ``delay`` slows every forwarded chunk.
+    on; ``stall_existing()`` stalls only the connections open now (the old path died, a
+    new connection works: a Wi-Fi roam); ``cut()`` resets every connection; ``delay``
+    slows every forwarded chunk.
     """
 
     def __init__(self, target_port: int, delay: float = 0.0) -> None:
@@ -140,6 +142,7 @@ class Proxy:
         self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
+        self._conn_stalls: list[threading.Event] = []
 
     def url(self, path: str = "/voice-ws") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
@@ -160,6 +163,12 @@ class Proxy:
 
     def resume(self) -> None:
         self.stalled.clear()
+
+    def stall_existing(self) -> None:
+        with self._lock:
+            stalls = list(self._conn_stalls)
+        for stall in stalls:
+            stall.set()
 
     def cut(self) -> None:
         with self._lock:
@@ -190,15 +199,18 @@ class Proxy:
                 client.close()
                 continue
             self.connections += 1
+            stall = threading.Event()
             with self._lock:
                 self._socks += [client, upstream]
-            self._spawn(self._pipe, client, upstream)
-            self._spawn(self._pipe, upstream, client)
+                self._conn_stalls.append(stall)
+            self._spawn(self._pipe, client, upstream, stall)
+            self._spawn(self._pipe, upstream, client, stall)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket,
+              stall: Optional[threading.Event] = None) -> None:
         src.settimeout(0.1)
         while not self._stop.is_set():
-            if self.stalled.is_set():
+            if self.stalled.is_set() or (stall is not None and stall.is_set()):
                 time.sleep(0.01)      # a half-open link: bytes stay in the kernel buffers
                 continue
             try:
