@@ -41,6 +41,7 @@ log = logging.getLogger("soca.appliance")
 
 HALF_DUPLEX_SETTLE_S = 0.3     # the room's echo dies down this long after the speaker stops
 FLUSH_S = 1.0                  # the button and ctl wait this long at most for their effects
+SPEAKER_WAIT_S = 2.0           # at start, the link waits this long at most for the speaker
 
 __all__ = ["Appliance", "Counters", "WarningLimiter", "Source"]
 
@@ -75,6 +76,8 @@ class Appliance:
         self.assembler = Assembler(cfg.max_sentence_bytes, cfg.max_pending_sentences,
                                    cfg.sentence_timeout, cfg.progressive_playback)
         self.gate = VadGate(cfg.vad_aggressiveness, cfg.frame_ms) if cfg.vad else None
+        self._speaker_open = threading.Event()
+        self._own_player = player is None
         self.player = player or Player(PlayerCallbacks(
             on_start=self._sentence_started, on_stop=self._sentence_stopped,
             on_idle=self._playback_idle, on_error=self._audio_error,
@@ -105,6 +108,11 @@ class Appliance:
         with self._lock:
             self._show()
         self.player.start()
+        if self._own_player:
+            # An agent that greets first speaks right after the handshake: give the speaker
+            # a moment to open, or the greeting would find no output (it opens in ms; a
+            # kiosk without one goes on after SPEAKER_WAIT_S).
+            self._speaker_open.wait(SPEAKER_WAIT_S)
         self.link.start()
         self.source.start(self.on_frame)
 
@@ -381,6 +389,7 @@ class Appliance:
                 self._fault("speaker", True)
 
     def _audio_open(self, info: OutputInfo) -> None:
+        self._speaker_open.set()
         with self._lock:
             self._emit("audio.output", frequency=info.frequency, channels=info.channels,
                        buffer=info.buffer, buffer_ms=round(info.buffer_ms, 1),

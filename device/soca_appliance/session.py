@@ -23,7 +23,7 @@ import websocket
 from .framing import Frame
 
 Item = Union[str, Frame]
-MAX_CONTROLS = 16           # controls are a few per utterance; more is a flood
+MAX_CONTROLS = 64           # controls are a few per utterance; more is a flood
 
 
 class Outbox:
