@@ -470,13 +470,18 @@ def test_unit_file_settings() -> None:
 def test_example_config_loads_and_documents_every_key() -> None:
     cfg = config.load(EXAMPLE, env={})
     data = tomllib.loads(EXAMPLE.read_text())
-    present = [k for k in data if k != "leds"] + [f"leds.{k}" for k in data["leds"]]
+    tables = [k for k, v in data.items() if isinstance(v, dict)]
+    present = [k for k in data if k not in tables] + [f"{t}.{k}" for t in tables
+                                                      for k in data[t]]
     assert sorted(present) == sorted(config.known_keys())
     defaults = config.Config()
     for key in config.known_keys():
         if key.startswith("leds.") or key == "agent_id":
             continue
-        assert getattr(cfg, key) == getattr(defaults, key), key
+        table, _, sub = key.rpartition(".")
+        value = getattr(getattr(cfg, table), sub) if table else getattr(cfg, key)
+        default = getattr(getattr(defaults, table), sub) if table else getattr(defaults, key)
+        assert value == default, key
     assert cfg.agent_id == "your-agent-id"
     assert cfg.leds == config.Leds(ready=22, listening=23, speaking=24, error=25, rgb=())
     lines = EXAMPLE.read_text().splitlines()
@@ -484,6 +489,8 @@ def test_example_config_loads_and_documents_every_key() -> None:
         if line and not line.startswith(("#", "[")):
             above = index - 1
             while lines[above] and not lines[above].startswith(("#", "[")):
+                above -= 1
+            if lines[above].startswith("["):         # a table's own comment, above it
                 above -= 1
             assert lines[above].startswith("#"), line
 
