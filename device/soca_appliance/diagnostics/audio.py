@@ -4,14 +4,12 @@ own :class:`~soca_appliance.framing.Converter` path: level, peak, clipping) and 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import math
 import os
 import re
 import time
 from importlib import resources
-from typing import Iterator
 
 from .context import Context
 from .result import (CLIP_SHARE, SILENT_DBFS, Result, describe, failed, passed, skipped,
@@ -140,24 +138,9 @@ def _no_mixer(name: str, driver: str, reason: str) -> Result:
         hint = "reinstall pygame in the venv (install.sh does); see the reason above"
     detail = f"pygame's mixer is not available ({driver}): {reason}"
     if library:
-        detail = f"pygame's mixer is not available: {library} is missing ({reason})"
+        detail = f"pygame's mixer is not available: {library} cannot be loaded ({reason})"
     return failed(name, detail, hint, driver=driver, missing_library=library,
                   apt_package=package)
-
-
-@contextlib.contextmanager
-def quiet_sdl() -> Iterator[None]:
-    """ALSA says nothing on stderr while SDL opens (or fails to open) the output.
-
-    SDL dlopens ``libasound.so.2`` only when the mixer opens, and ALSA prints its pages at
-    once: load that same library first so :func:`~soca_appliance.quiet.quiet` can give it
-    its no-op error handler before SDL calls it.
-    """
-    from ..quiet import quiet
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libasound.so.2")            # the soname SDL asks for: the same copy
-    with quiet():
-        yield
 
 
 def check_speaker(ctx: Context) -> Result:
@@ -172,8 +155,9 @@ def check_speaker(ctx: Context) -> Result:
         # pygame's MissingModule: SDL_mixer or a library it needs did not load. Its reason is
         # an attribute; touching anything else on it raises NotImplementedError and warns.
         return _no_mixer(name, driver, str(getattr(pygame.mixer, "reason", "") or "unknown"))
+    from ..quiet import quiet
     try:
-        with quiet_sdl():
+        with quiet():               # ALSA's pages about missing cards stay off stderr
             pygame.mixer.init(frequency=22050, size=-16, channels=1,
                               buffer=ctx.cfg.mixer_buffer)
     except pygame.error as exc:
