@@ -5,10 +5,14 @@ lets a test send anything: text frames that are not UTF-8, binary frames, closes
 code, TCP resets. ``TightProxy`` is the TCP proxy of servers.py with a small receive
 buffer, so that a stalled link fills up after a fraction of a second of audio, as it does
 on a real network where the peer has vanished. Everything listens on 127.0.0.1 only.
+``AppHarness`` runs the whole appliance against them; ``sentence`` builds a sentence's
+chunk messages from an MP3.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import socket
 import ssl
@@ -19,10 +23,17 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from soca_appliance import config
+from soca_appliance.appliance import Appliance
+from soca_appliance.events import EventLog, setup_logging
+from soca_appliance.wavsource import WavSource
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
+from conftest import ASSETS, wait_for
 from servers import Proxy
+
+MP3 = (ASSETS / "answer-en-1-1.mp3").read_bytes()
 
 
 def free_port() -> int:
@@ -238,3 +249,68 @@ class TightProxy(Proxy):
         listener.settimeout(0.1)
         self._listener = listener
         self.port = listener.getsockname()[1]
+
+
+def sentence(seq: int, sid: Any, text: str, mp3: bytes = MP3, chunks: int = 4
+             ) -> list[dict[str, Any]]:
+    b64 = base64.b64encode(mp3).decode()
+    size = -(-len(b64) // chunks)
+    parts = [b64[i:i + size] for i in range(0, len(b64), size)]
+    msgs = [{"stepType": "sentence", "seq": seq, "sentenceId": sid, "chunkIndex": i,
+             "isLastChunk": False, "audioBase64": p, "audioMime": "audio/mp3",
+             **({"contentStep": text} if i == 0 else {})} for i, p in enumerate(parts)]
+    msgs.append({"stepType": "sentence", "seq": seq, "sentenceId": sid,
+                 "chunkIndex": len(parts), "isLastChunk": True, "audioBase64": None})
+    return msgs
+
+
+class AppHarness:
+    """The whole appliance in-process (a short chime as the mic, then silence; SDL's driver
+    from the environment; no GPIO) with its expiry loop, and its JSON event log recorded."""
+
+
+    def __init__(self, url: str, key: str = "sk-harness-0123456789abcdef", panel: Any = None,
+                 **overrides: Any) -> None:
+        values: dict[str, Any] = dict(url=url, agent_id="agent-h", lang="en", gpio="off",
+                                      duplex="full", log_format="json", backoff_initial=0.05,
+                                      backoff_max=0.2, ping_interval=1.0, ping_timeout=0.5,
+                                      connect_timeout=2.0, auth_retry=1.0,
+                                      progressive_playback=False)
+        values.update(overrides)
+        self.cfg = config.load(None, env={}, overrides=values)
+        self.events = EventLog("json", stream=io.StringIO())
+        self.key = key
+        self.events.redact.add(key)
+        self.records: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.events.subscribe(self._record)
+        setup_logging(self.events, "info", stream=io.StringIO())
+        self.app = Appliance(self.cfg, events=self.events,
+                             source=WavSource(ASSETS / "chime.wav"), private_key=key,
+                             panel=panel)
+        self._stop = threading.Event()
+        self._runner = threading.Thread(target=self.app.run, args=(self._stop,), daemon=True)
+
+    def _record(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self.records.append({**record, "_mono": time.monotonic()})
+
+    def of(self, name: str, **match: Any) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.records if r["event"] == name
+                    and all(r.get(k) == v for k, v in match.items())]
+
+    def wait(self, name: str, count: int = 1, timeout: float = 10.0, **match: Any):
+        return wait_for(lambda: len(self.of(name, **match)) >= count and self.of(name, **match),
+                        timeout, f"{count} {name} {match}")
+
+    def __enter__(self) -> "AppHarness":
+        self.app.start()
+        self._runner.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._runner.join(2)
+        self.app.shutdown()
+        assert self.key not in self.events.stream.getvalue()

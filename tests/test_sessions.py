@@ -8,7 +8,6 @@ Servers and proxies listen on 127.0.0.1; audio is real MP3 decoded by pygame.
 """
 from __future__ import annotations
 
-import base64
 import io
 import json
 import socket
@@ -16,37 +15,20 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import websocket
 
-from soca_appliance import config, protocol
-from soca_appliance.appliance import Appliance
-from soca_appliance.events import EventLog, setup_logging
+from soca_appliance import protocol
 from soca_appliance.framing import Frame
 from soca_appliance.link import Link, LinkCallbacks, LinkSettings
 from soca_appliance.session import MAX_CONTROLS, Outbox
-from soca_appliance.wavsource import WavSource
 
-from conftest import ASSETS, wait_for
-from hostile import HostileServer, TightProxy
+from conftest import wait_for
+from hostile import MP3, AppHarness as Harness, HostileServer, TightProxy, sentence
 
 KEY = "sk-sessions-5e55101e5e55101e"
-MP3 = (ASSETS / "answer-en-1-1.mp3").read_bytes()
-
-
-def sentence(seq: int, sid: Any, text: str, mp3: bytes = MP3, chunks: int = 4
-             ) -> list[dict[str, Any]]:
-    b64 = base64.b64encode(mp3).decode()
-    size = -(-len(b64) // chunks)
-    parts = [b64[i:i + size] for i in range(0, len(b64), size)]
-    msgs = [{"stepType": "sentence", "seq": seq, "sentenceId": sid, "chunkIndex": i,
-             "isLastChunk": False, "audioBase64": p, "audioMime": "audio/mp3",
-             **({"contentStep": text} if i == 0 else {})} for i, p in enumerate(parts)]
-    msgs.append({"stepType": "sentence", "seq": seq, "sentenceId": sid,
-                 "chunkIndex": len(parts), "isLastChunk": True, "audioBase64": None})
-    return msgs
 
 
 def frame(tag: int, index: int) -> Frame:
@@ -252,51 +234,6 @@ def test_stop_follows_the_last_audio_of_its_utterance() -> None:
 
 # --- the whole appliance ------------------------------------------------------------
 
-class Harness:
-    def __init__(self, url: str, **overrides: Any) -> None:
-        values: dict[str, Any] = dict(url=url, agent_id="agent-s", lang="en", gpio="off",
-                                      duplex="full", log_format="json", backoff_initial=0.05,
-                                      backoff_max=0.2, ping_interval=1.0, ping_timeout=0.5,
-                                      connect_timeout=2.0, auth_retry=1.0,
-                                      progressive_playback=False)
-        values.update(overrides)
-        self.cfg = config.load(None, env={}, overrides=values)
-        self.events = EventLog("json", stream=io.StringIO())
-        self.events.redact.add(KEY)
-        self.records: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self.events.subscribe(self._record)
-        setup_logging(self.events, "info", stream=io.StringIO())
-        self.app = Appliance(self.cfg, events=self.events,
-                             source=WavSource(ASSETS / "chime.wav"), private_key=KEY)
-        self._stop = threading.Event()
-        self._runner = threading.Thread(target=self.app.run, args=(self._stop,), daemon=True)
-
-    def _record(self, record: dict[str, Any]) -> None:
-        with self._lock:
-            self.records.append({**record, "_mono": time.monotonic()})
-
-    def of(self, name: str, **match: Any) -> list[dict[str, Any]]:
-        with self._lock:
-            return [r for r in self.records if r["event"] == name
-                    and all(r.get(k) == v for k, v in match.items())]
-
-    def wait(self, name: str, count: int = 1, timeout: float = 10.0, **match: Any):
-        return wait_for(lambda: len(self.of(name, **match)) >= count and self.of(name, **match),
-                        timeout, f"{count} {name} {match}")
-
-    def __enter__(self) -> "Harness":
-        self.app.start()
-        self._runner.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._runner.join(2)
-        self.app.shutdown()
-        assert KEY not in self.events.stream.getvalue()
-
-
 def decoded(mp3: bytes) -> bytes:
     from soca_appliance.player import pygame
     return pygame.mixer.Sound(file=io.BytesIO(mp3)).get_raw()
@@ -390,4 +327,4 @@ def test_the_pages_auth_error_ends_the_session_during_the_handshake() -> None:
         gone = h.wait("disconnected")[0]
         assert "Invalid or expired token" in gone["reason"] and gone["retry_in"] >= 0.8
         wait_for(lambda: h.app.state == "error", 5, "the error state")
-        assert json.dumps(h.app.status()).count(KEY) == 0
+        assert h.key not in json.dumps(h.app.status())
