@@ -89,3 +89,41 @@ def test_compare_progressive(capsys: pytest.CaptureFixture[str]) -> None:
         assert _is_number(progressive["off"]["p50"]) and _is_number(progressive["on"]["p50"])
     else:
         assert "skipped" in progressive
+
+
+def test_floor_reports_both_streamers_and_their_ratios(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    code = bench.main(["--json", "--floor", "--floor-rounds", "1", "--floor-window", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    floor = json.loads(out)["floor"]
+    for kind in ("floor", "appliance"):
+        for key in ("cpu_pct", "us_per_frame", "vcs_per_s", "threads", "frames_per_s",
+                    "startup_first_frame_s", "peak_rss_mb", "pss_mb"):
+            assert _is_number(floor[kind][key]), f"{kind}.{key} = {floor[kind][key]!r}"
+        assert floor[kind]["frames_per_s"] > 0 and floor[kind]["cpu_pct"] > 0
+    assert floor["floor"]["threads"] == 1                   # the floor is one thread
+    for key in ("cpu_pct", "us_per_frame", "vcs_per_s", "threads", "pss_mb"):
+        ratio = floor["ratio"][key]
+        assert _is_number(ratio) and ratio == pytest.approx(
+            floor["appliance"][key] / floor["floor"][key], rel=0.02, abs=0.01), key
+    imports = floor["imports"]
+    assert "pygame" in imports["imported_at_s"] and imports["total_import_ms"] > 0
+    assert "[web]" in floor["appliance_config"]             # every feature on
+    assert "cpu_vs_floor_ratio" in json.loads(out)["targets"]
+    assert "floor" in err and "ratio" in err                # the table, on stderr
+
+
+def test_importtime_and_callgrind_dumps_are_parsed(tmp_path: Any) -> None:
+    from soca_appliance.bench.imports import parse_importtime
+    from soca_appliance.bench.instructions import _callgrind_window_total
+    text = ("import time: self [us] | cumulative | imported package\n"
+            "import time:       120 |        120 |   _io\n"
+            "import time:      2500 |      31000 | pygame\n")
+    assert parse_importtime(text) == [("_io", 0.12, 1), ("pygame", 31.0, 0)]
+    (tmp_path / "callgrind.floor.7").write_text(
+        "# callgrind format\nversion: 1\ndesc: Trigger: Program termination\n"
+        "summary: 999\n# callgrind format\nversion: 1\ndesc: Trigger: dump window\n"
+        "events: Ir\nsummary: 1234\n")
+    assert _callgrind_window_total(tmp_path, "floor") == 1234
+    assert _callgrind_window_total(tmp_path, "appliance") is None

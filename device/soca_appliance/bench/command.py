@@ -20,6 +20,7 @@ from .procfs import machine_info, system_cpu
 from .progressive import has_progressive, run_progressive
 from .report import _targets, build_report, render_table
 from .soak import run_soak
+from . import floorcmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(when the config has that key)")
     p.add_argument("--frame-ms", type=int, choices=(20, 40, 50), default=20,
                    help="uplink frame size (the frame_ms key; default 20)")
+    floorcmd.add_arguments(p)
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--probe", type=float, default=None, help=argparse.SUPPRESS)
     return p
@@ -56,6 +58,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.probe is not None:
         return probe_main(args.probe)
+    if args.floor:
+        return floorcmd.floor_main(args)
     if args.runs < 1:
         print(f"{PROG}: error: --runs must be at least 1", file=sys.stderr)
         return 2

@@ -1,0 +1,372 @@
+"""``--floor``: what streaming costs against the floor, in the same run.
+
+The floor is the least a Python streamer can spend on the uplink: one thread,
+websocket-client, the same 640-byte frames of the same speech paced by ``time.sleep``
+from a fixed origin, nothing read back (:data:`FLOOR_SCRIPT`, run with ``python -c`` so
+that not even this package is imported). The appliance is ``python -m soca_appliance run``
+with every feature on (the web page and /metrics, the control socket, the echo canceller
+when the config knows ``duplex = "aec"``), the same speech as its ``--input``.
+
+Both stream, in alternating rounds (floor first in odd rounds, appliance first in even
+ones, so that a drifting machine load biases neither), to a :class:`Sink`: a websocket
+server on 127.0.0.1 that answers ``start`` with ``ready`` and ``stt.ready`` and then only
+listens (the simulator would answer the speech, and playing answers is not streaming).
+Per round and process, over a window after a settling second: CPU from
+``/proc/PID/task/*/schedstat`` (nanoseconds, not 10 ms ticks), voluntary and involuntary
+context switches summed over threads, threads, frames that reached the sink. The report
+gives medians and the ratio appliance/floor of each.
+
+Start-up: launch → ``stt.ready`` sent by the sink and → first frame at the sink, for both;
+for the appliance also launch → first event line (imports done), and where import time
+goes (``-X importtime``, the biggest top-level packages). Memory: VmHWM and PSS / private
+(``smaps_rollup``) at the end of each round.
+
+``--instructions``: each side once more under valgrind's callgrind, counting the guest
+instructions executed inside the window only (``callgrind_control --zero`` at its start,
+``--dump`` at its end): a figure that does not depend on this machine's clock or load.
+Valgrind runs everything about 50× slower and on one core, so it is per frame that the
+figure compares (and per second of audio: frames × the frame period).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .common import BenchError, KEY, SPEECH_WAV, median, progress
+from .procfs import proc_memory, proc_status
+
+# The bare streamer. argv: URL FRAME_MS WAV; the key comes in $SOCA_PRIVATE_KEY (never in
+# argv). Prints "streaming" once stt.ready came, then sends until SIGTERM.
+FLOOR_SCRIPT = r"""
+import json, os, signal, sys, time, wave
+import websocket
+url, frame_ms, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+key = os.environ.pop("SOCA_PRIVATE_KEY")
+size = 32 * frame_ms
+with wave.open(path, "rb") as w:
+    pcm = w.readframes(w.getnframes())
+pcm += bytes(-len(pcm) % size)
+frames = [pcm[i:i + size] for i in range(0, len(pcm), size)]
+silence = bytes(size)
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+ws = websocket.create_connection(url, timeout=10)
+ws.send(json.dumps({"type": "start", "private_key": key, "session_id": "floor",
+                    "agent_id": "bench-agent", "lang": "en", "sr": 16000}))
+while json.loads(ws.recv()).get("type") != "stt.ready":
+    pass
+print("streaming", flush=True)
+period = frame_ms / 1000.0
+t0 = time.monotonic()
+i = 0
+while not stop:
+    delay = t0 + (i + 1) * period - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    ws.send_binary(frames[i] if i < len(frames) else silence)
+    i += 1
+ws.shutdown()
+"""
+
+
+# --- the sink ------------------------------------------------------------------------
+
+@dataclass
+class Connection:
+    t_open: float
+    t_ready: Optional[float] = None
+    arrivals: list[float] = field(default_factory=list)
+
+
+class Sink:
+    """A websocket server that says ``stt.ready`` and then only listens, noting when
+    each binary frame arrives."""
+
+    def __init__(self) -> None:
+        self.conns: list[Connection] = []
+        self._cond = threading.Condition()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._stop: Optional[asyncio.Event] = None
+        self._thread = threading.Thread(target=self._main, name="bench-sink", daemon=True)
+        self._up = threading.Event()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def __enter__(self) -> "Sink":
+        self._thread.start()
+        if not self._up.wait(10) or not self.port:
+            raise BenchError("the sink did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from websockets.asyncio.server import serve
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(self._handler, "127.0.0.1", 0, compression=None,
+                         ping_interval=None, max_size=1 << 20) as server:
+            self.port = int(next(iter(server.sockets)).getsockname()[1])
+            self._up.set()
+            await self._stop.wait()
+
+    async def _handler(self, ws: Any) -> None:
+        conn = Connection(time.monotonic())
+        with self._cond:
+            self.conns.append(conn)
+        with contextlib.suppress(Exception):   # a client that vanishes ends its connection
+            async for message in ws:
+                if isinstance(message, bytes):
+                    conn.arrivals.append(time.monotonic())
+                    if len(conn.arrivals) == 1:
+                        with self._cond:
+                            self._cond.notify_all()
+                    continue
+                with contextlib.suppress(ValueError, AttributeError):
+                    if json.loads(message).get("type") == "start":
+                        await ws.send(json.dumps({"type": "ready", "session_id": "sink"}))
+                        await ws.send(json.dumps({"type": "stt.ready"}))
+                        conn.t_ready = time.monotonic()
+
+    def first_frame(self, since: float, timeout: float, proc: subprocess.Popen
+                    ) -> Connection:
+        """The first connection opened after ``since`` once a frame arrived on it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for conn in self.conns:
+                    if conn.t_open >= since and conn.arrivals:
+                        return conn
+                if proc.poll() is not None:
+                    raise BenchError(f"the streamer exited with {proc.returncode} before "
+                                     "its first frame")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BenchError(f"no frame at the sink within {timeout:g} s")
+                self._cond.wait(min(left, 0.2))
+
+
+# --- /proc, summed over every thread ------------------------------------------------
+
+def task_totals(pid: int) -> dict[str, float]:
+    """CPU ns (schedstat), voluntary/involuntary switches and threads, over all threads."""
+    cpu_ns = vcs = nvcs = 0
+    threads = 0
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            with open(f"{task}/schedstat", encoding="ascii") as fh:
+                cpu_ns += int(fh.read().split()[0])
+            with open(f"{task}/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        vcs += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        nvcs += int(line.split()[1])
+            threads += 1
+        except (OSError, ValueError, IndexError):
+            continue                      # a thread that ended between listing and reading
+    return {"t": time.monotonic(), "cpu_ns": cpu_ns, "vcs": vcs, "nvcs": nvcs,
+            "threads": threads}
+
+
+# --- the two streamers ---------------------------------------------------------------
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOCA_")}
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(SOCA_PRIVATE_KEY=KEY, PYTHONUNBUFFERED="1",
+               SDL_AUDIODRIVER=os.environ.get("SDL_AUDIODRIVER") or "dummy",
+               PYGAME_HIDE_SUPPORT_PROMPT="1")
+    return env
+
+
+def appliance_config(workdir: Path, frame_ms: int) -> Path:
+    """Every feature on: the web page and /metrics (on a free port), the control socket,
+    the echo canceller when this version's config has ``duplex = "aec"``."""
+    from .. import config
+    duplex = "aec" if "aec" in getattr(config, "_CHOICES", {}).get("duplex", ()) else "half"
+    path = workdir / "floor-config.toml"
+    path.write_text(f'frame_ms = {frame_ms}\nduplex = "{duplex}"\n'
+                    f'control_socket = "{workdir / "floor-ctl.sock"}"\n'
+                    '[web]\nlisten = "127.0.0.1:0"\n')
+    return path
+
+
+def command(kind: str, url: str, workdir: Path, frame_ms: int,
+            launcher: tuple[str, ...] = ("-m", "soca_appliance")) -> list[str]:
+    if kind == "floor":
+        return [sys.executable, "-c", FLOOR_SCRIPT, url, str(frame_ms), str(SPEECH_WAV)]
+    return [sys.executable, *launcher, "run", "--url", url,
+            "--agent-id", "bench-agent", "--lang", "en", "--input", str(SPEECH_WAV),
+            "--gpio", "mock", "--log-format", "json",
+            "--config", str(appliance_config(workdir, frame_ms))]
+
+
+class Streamer:
+    """One streamer as a subprocess, its stdout lines timestamped as they come."""
+
+    def __init__(self, kind: str, url: str, workdir: Path, frame_ms: int,
+                 prefix: tuple[str, ...] = (), extra_env: Optional[dict[str, str]] = None,
+                 launcher: tuple[str, ...] = ("-m", "soca_appliance")) -> None:
+        self.kind = kind
+        env = _env()
+        env.update(extra_env or {})
+        self._stderr = tempfile.TemporaryFile(dir=workdir)
+        self.lines: list[tuple[float, str]] = []
+        self.t_launch = time.monotonic()
+        self.proc = subprocess.Popen([*prefix, *command(kind, url, workdir, frame_ms, launcher)],
+                                     stdout=subprocess.PIPE, stderr=self._stderr, env=env,
+                                     text=True, bufsize=1)
+        self.pid = self.proc.pid
+        self._reader = threading.Thread(target=self._read, name="bench-streamer-out",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append((time.monotonic(), line))
+
+    def first_event(self) -> Optional[float]:
+        return self.lines[0][0] if self.lines else None
+
+    def event(self, name: str) -> Optional[tuple[float, dict[str, Any]]]:
+        for t, line in list(self.lines):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") == name:
+                    return t, record
+        return None
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(2)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        self._stderr.close()
+
+
+def _round(kind: str, sink: Sink, workdir: Path, frame_ms: int, seconds: float,
+           settle: float) -> dict[str, Any]:
+    s = Streamer(kind, sink.url, workdir, frame_ms)
+    try:
+        conn = sink.first_frame(s.t_launch, 60.0, s.proc)
+        time.sleep(settle)
+        a, n_a = task_totals(s.pid), len(conn.arrivals)
+        time.sleep(seconds)
+        b, n_b = task_totals(s.pid), len(conn.arrivals)
+        status = proc_status(s.pid)
+        memory = proc_memory(s.pid)
+        first_event = s.first_event()
+        code = s.stop()
+        if code not in (0, -signal.SIGTERM):
+            raise BenchError(f"{kind} exited with {code}: {s.stderr()[-400:].strip()}")
+    finally:
+        s.stop()
+        s.close()
+    span = b["t"] - a["t"]
+    frames = n_b - n_a
+    cpu_s = (b["cpu_ns"] - a["cpu_ns"]) / 1e9
+    return {
+        "cpu_pct": round(100.0 * cpu_s / span, 3),
+        "us_per_frame": round(1e6 * cpu_s / frames, 1) if frames else None,
+        "vcs_per_s": round((b["vcs"] - a["vcs"]) / span, 1),
+        "nvcs_per_s": round((b["nvcs"] - a["nvcs"]) / span, 1),
+        "threads": b["threads"], "frames": frames, "window_s": round(span, 2),
+        "frames_per_s": round(frames / span, 1),
+        "startup_ready_s": round(conn.t_ready - s.t_launch, 3) if conn.t_ready else None,
+        "startup_first_frame_s": round(conn.arrivals[0] - s.t_launch, 3),
+        "startup_first_event_s": (round(first_event - s.t_launch, 3)
+                                  if first_event is not None and kind == "appliance" else None),
+        "peak_rss_mb": round(status.get("VmHWM", 0) / 1024.0, 1), **memory,
+    }
+
+
+_KEYS = ("cpu_pct", "us_per_frame", "vcs_per_s", "nvcs_per_s", "threads", "frames_per_s",
+         "startup_ready_s", "startup_first_frame_s", "startup_first_event_s", "peak_rss_mb",
+         "pss_mb", "private_mb")
+
+
+def run_floor(workdir: Path, rounds: int, seconds: float, frame_ms: int = 20,
+              settle: float = 1.0, instructions: bool = False,
+              importtime: bool = True) -> dict[str, Any]:
+    """Alternating rounds of the floor and the appliance; medians and ratios."""
+    per: dict[str, list[dict[str, Any]]] = {"floor": [], "appliance": []}
+    with Sink() as sink:
+        for n in range(rounds):
+            order = ("floor", "appliance") if n % 2 == 0 else ("appliance", "floor")
+            for kind in order:
+                progress(f"floor {n + 1}/{rounds}: {kind} streaming for {seconds:g} s")
+                per[kind].append(_round(kind, sink, workdir, frame_ms, seconds, settle))
+        out: dict[str, Any] = {
+            "what": "the same speech, 640-byte frames every 20 ms, to a listening sink; "
+                    "floor = one-thread websocket-client + time.sleep; appliance = "
+                    "soca-appliance run, every feature on; alternating rounds, medians"
+            if frame_ms == 20 else f"as at 20 ms, with {frame_ms} ms frames",
+            "frame_ms": frame_ms, "rounds": rounds, "window_s": seconds,
+            "appliance_config": appliance_config(workdir, frame_ms).read_text(),
+        }
+        for kind, rows in per.items():
+            out[kind] = {k: _med([r[k] for r in rows]) for k in _KEYS}
+            out[kind]["rounds"] = rows
+        out["ratio"] = {k: _ratio(out["appliance"][k], out["floor"][k])
+                        for k in ("cpu_pct", "us_per_frame", "vcs_per_s", "threads",
+                                  "peak_rss_mb", "pss_mb", "startup_first_frame_s")}
+        # Each round's pair compared too: robust to the load drifting between rounds.
+        out["ratio"]["cpu_pct_paired_median"] = _med(
+            [_ratio(a["cpu_pct"], f["cpu_pct"]) for a, f in zip(per["appliance"], per["floor"])])
+        if importtime:
+            from .imports import import_profile
+            progress("floor: appliance start-up under -X importtime")
+            out["imports"] = import_profile(sink, workdir, frame_ms)
+        if instructions:
+            from .instructions import count_instructions
+            out["instructions"] = {kind: count_instructions(kind, sink, workdir, frame_ms)
+                                   for kind in ("floor", "appliance")}
+            f, a = (out["instructions"][k].get("per_frame") for k in ("floor", "appliance"))
+            out["ratio"]["instructions_per_frame"] = _ratio(a, f)
+    return out
+
+
+def _med(values: list[Any]) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    m = median(vals)
+    return None if m is None else round(m, 3)
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or not b else round(a / b, 2)
