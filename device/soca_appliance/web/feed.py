@@ -47,6 +47,8 @@ class Telemetry:
         event = record.get("event")
         if event == "barge":
             source = str(record.get("source") or "unknown")[:16]
+            if source not in self.barges and len(self.barges) >= 16:
+                source = "other"            # a bounded label set, whatever the callers say
             self.barges[source] = self.barges.get(source, 0) + 1
         elif event == "error":
             self.errors += 1
@@ -108,7 +110,8 @@ class Feed:
     def on_event(self, record: dict[str, Any]) -> None:
         """The listener: called in the emitter's thread, perhaps under its lock."""
         try:
-            self.telemetry.count(record)
+            with self._lock:                # emitters run on several threads
+                self.telemetry.count(record)
             if record.get("event") not in SCREEN_EVENTS:
                 return
             message = sse("event", self.redact(json.dumps(record, ensure_ascii=False,

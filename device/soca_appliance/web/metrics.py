@@ -142,7 +142,7 @@ class Metrics:
         yield counter("errors", "Error events (see the event log).", tel.errors)
         barges = CounterMetricFamily(PREFIX + "barges", "Barges by source: server, button, "
                                      "ctl (control socket), screen.", labels=["source"])
-        for source, value in sorted(tel.barges.items()):
+        for source, value in sorted(dict(tel.barges).items()):   # a copy: events go on
             barges.add_metric([source], value)
         yield barges
         yield from gauge("last_error_timestamp_seconds", "Unix time of the last error "
