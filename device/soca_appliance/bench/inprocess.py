@@ -222,6 +222,9 @@ def _conversation(out: dict[str, Any], barges: int, presses: int, rng: random.Ra
                                    reason="button")
                 button.append(t_stop - t_press)
                 new_seq = max(seq, SEQ_BASE) + 1       # the button retired the current seq
+                # After a press newer audio is dropped until the server acknowledges it
+                # (README: the rest of that turn is dropped): wait for its barge.
+                h.wait("barge", timeout=5, since=mark, source="server", reason="manual")
             # Playback again: a new sentence in the new seq.
             seq, sid = new_seq, next_id
             next_id += 1
