@@ -199,6 +199,36 @@ def test_client_that_says_nothing_or_leaves_does_not_block(web: WebServer) -> No
         silent.close()
 
 
+def test_a_trickling_client_is_cut_off_at_the_deadline(app: FakeApp, events: EventLog,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    from soca_appliance.web import server as server_module
+    monkeypatch.setattr(server_module, "HEAD_DEADLINE", 1.0)
+    web = _server(app, events)
+    try:
+        sock = socket.create_connection(("127.0.0.1", web.port), timeout=5)
+        sock.sendall(b"GET / HTTP/1.0\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 4:       # one header byte every 0.2 s
+            try:
+                sock.sendall(b"X")
+                if sock.recv(1, socket.MSG_DONTWAIT) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.2)
+        sock.close()
+        assert closed, "the server kept waiting for a request that never ends"
+        assert time.monotonic() - started < 3
+    finally:
+        web.close()
+
+
 def test_handler_failure_is_a_500_without_traceback(web: WebServer, app: FakeApp,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:

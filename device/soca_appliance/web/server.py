@@ -48,6 +48,7 @@ MAX_CONNECTIONS = 16
 MAX_HEAD = 16 * 1024            # request line + headers + body of one connection
 MAX_BODY = 1024
 READ_TIMEOUT = 5.0
+HEAD_DEADLINE = 10.0            # the whole request, however slowly it trickles in
 HEARTBEAT_S = 15.0
 RETRY_MS = 1000                 # EventSource reconnects this soon after a restart
 COOKIE = "soca_token"
@@ -68,12 +69,20 @@ class HeadTooLarge(http.client.LineTooLong):
 
 
 class _Budget:
-    """The connection's reader, refusing to read more than ``left`` bytes in all."""
+    """The connection's reader: at most ``left`` bytes in all, all before ``deadline``
+    (so 16 slow clients cannot hold every connection slot)."""
 
-    def __init__(self, raw: Any, left: int) -> None:
-        self.raw, self.left = raw, left
+    def __init__(self, raw: Any, left: int, sock: Any, deadline: float) -> None:
+        self.raw, self.left, self.sock, self.deadline = raw, left, sock, deadline
+
+    def _time(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request not complete in time")
+        self.sock.settimeout(min(READ_TIMEOUT, remaining))
 
     def readline(self, size: int = -1) -> bytes:
+        self._time()
         if self.left <= 0:
             raise HeadTooLarge(f"more than {MAX_HEAD} bytes")
         want = self.left + 1 if size is None or size < 0 else min(size, self.left + 1)
@@ -86,6 +95,7 @@ class _Budget:
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0 or size > self.left:
             raise HeadTooLarge(f"more than {MAX_HEAD} bytes")
+        self._time()
         data = self.raw.read(size)
         self.left -= len(data)
         return data
@@ -227,7 +237,8 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         # what send_response needs, before a request line has been parsed
         self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
-        self.rfile = _Budget(self.rfile, MAX_HEAD)  # type: ignore[assignment]
+        self.rfile = _Budget(self.rfile, MAX_HEAD, self.connection,  # type: ignore[assignment]
+                             time.monotonic() + HEAD_DEADLINE)
 
     def handle(self) -> None:
         try:
@@ -262,6 +273,7 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         web = self.server.web
         peer = self.client_address[0]
+        self.connection.settimeout(READ_TIMEOUT)    # for what we write, whatever reads left
         if not self.path.startswith("/"):
             return self._send(400, b"400 bad request target\n")
         parts = urlsplit(self.path)
