@@ -315,9 +315,10 @@ def test_error_banner_names_the_fault(driver: Any, make_rig: Callable[..., Rig],
     rig = make_rig(sim_key="another-key")           # the server refuses our key
     open_page(driver, rig)
     rig.start()
-    kind, text = wait_for(lambda: banner(driver)[0] == "error" and banner(driver), 10,
-                          "the error banner")
-    assert "refused this kiosk" in text
+    wait_for(lambda: banner(driver)[0] == "error", 10, "the error banner")
+    # the fault's name follows from /api/status a moment later
+    wait_for(lambda: "refused this kiosk" in banner(driver)[1], 3,
+             f"the banner to name the fault (shows {banner(driver)})")
     assert js(driver, "return document.getElementById('state').dataset.state") == "error"
     screenshot(driver, tmp_path, "error-en")
     assert KEY not in driver.page_source
