@@ -239,21 +239,23 @@ def decoded(mp3: bytes) -> bytes:
     return pygame.mixer.Sound(file=io.BytesIO(mp3)).get_raw()
 
 
-def test_a_greeting_before_stt_ready_is_heard_whole(tmp_path: Path,
+@pytest.mark.parametrize("progressive", [False, True], ids=["complete", "progressive"])
+def test_a_greeting_before_stt_ready_is_heard_whole(tmp_path: Path, progressive: bool,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "speaker.raw"
     monkeypatch.setenv("SDL_AUDIODRIVER", "disk")
     monkeypatch.setenv("SDL_DISKAUDIOFILE", str(out))
     with HostileServer() as server:
         # (the appliance connects once its speaker is open: the greeting comes at once)
-        h = Harness(server.url)
+        h = Harness(server.url, progressive_playback=progressive)
         server.before_stt_ready = sentence(1, 1, "Hello, how can I help?") + [
             {"stepType": "final_answer", "seq": 1, "isFinal": True,
              "fullResponse": {"answers": [{"output": "Hello, how can I help?"}]}}]
         with h:
             play = h.wait("sentence.play", sentence_id=1)[0]
             h.wait("connected")
-            assert play["bytes"] == len(MP3) and play["text"] == "Hello, how can I help?"
+            assert play["text"] == "Hello, how can I help?"
+            assert 0 < play["bytes"] <= len(MP3) if progressive else play["bytes"] == len(MP3)
             wait_for(lambda: h.app.idle(), 10, "the greeting to finish")
             assert h.of("sentence.stop") == []                     # not wiped at stt.ready
             assert h.app.state == "ready"
