@@ -1,6 +1,6 @@
-"""Helpers for the kiosk screen tests: raw HTTP on 127.0.0.1, an SSE reader, a headless
-Chromium (Debian's chromium + chromedriver through selenium) at exactly 800x480, and
-screenshots saved under the test's tmp dir and, with ``SOCA_SCREENSHOTS=dir``, there too."""
+"""Helpers for the kiosk screen tests: raw HTTP on 127.0.0.1, an SSE reader, the shared
+headless Chromium of tests/browser.py at exactly 800x480, and screenshots saved under the
+test's tmp dir and, with ``SOCA_SCREENSHOTS=dir``, there too."""
 from __future__ import annotations
 
 import http.client
@@ -15,8 +15,6 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
-CHROMEDRIVER = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
 WIDTH, HEIGHT = 800, 480
 
 
@@ -153,47 +151,24 @@ def non_loopback_address() -> Optional[str]:
     return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
 
 
-# --- Chromium -----------------------------------------------------------------------------
-
-def _first(paths: tuple[str, ...], name: str) -> Optional[str]:
-    for path in paths:
-        if os.path.exists(path):
-            return path
-    return shutil.which(name)
-
+# --- Chromium (tests/browser.py's, shared with the vendor-client tests) ------------------
 
 def chromium_driver() -> Iterator[Any]:
-    """A headless Chromium at a 800x480 viewport; skips with the reason when unavailable."""
+    """browser.py's headless Chromium with its page viewport at exactly 800x480 (a kiosk
+    shows no browser chrome); skips with the reason when there is no browser here."""
+    from browser import chromium, require_chromium
+
+    require_chromium()
+    profile = Path(tempfile.mkdtemp(prefix="soca-chromium-"))
+    fake_mic = Path(__file__).resolve().parent.parent / "device" / "soca_appliance" / \
+        "assets" / "chime.wav"                  # the screen never opens the microphone
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[test]')")
-    binary = _first(CHROMIUM, "chromium")
-    driver_path = _first(CHROMEDRIVER, "chromedriver")
-    if binary is None or driver_path is None:
-        pytest.skip("no Chromium/chromedriver (apt-get install chromium chromium-driver)")
-    profile = tempfile.mkdtemp(prefix="soca-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage",
-                 f"--window-size={WIDTH},{HEIGHT}", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    try:
-        driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    except Exception as exc:  # noqa: BLE001 - any start failure is a skip with its reason
-        shutil.rmtree(profile, ignore_errors=True)
-        pytest.skip(f"Chromium did not start: {exc.__class__.__name__}: {str(exc)[:200]}")
-    try:
-        # the window includes no kiosk chrome here: make the page's viewport 800x480 exactly
-        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-            "width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
-        driver.set_script_timeout(10)
-        yield driver
+        with chromium(profile, fake_mic) as driver:
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+            driver.set_script_timeout(10)
+            yield driver
     finally:
-        driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
 
 
