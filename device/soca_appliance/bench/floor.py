@@ -81,6 +81,21 @@ ws.shutdown()
 """
 
 
+# The appliance exactly as ``python -m soca_appliance``, plus: on SIGUSR1 it writes its
+# threads' native ids and Python names to stderr (the main thread runs the handler within
+# a second: it wakes once a second in Appliance.run).
+NAMED_LAUNCHER = r"""
+import json, signal, sys, threading
+def names(signum, frame):
+    sys.stderr.write("bench-threads " + json.dumps(
+        {str(t.native_id): t.name for t in threading.enumerate()}) + "\n")
+    sys.stderr.flush()
+signal.signal(signal.SIGUSR1, names)
+from soca_appliance import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
 # --- the sink ------------------------------------------------------------------------
 
 @dataclass
@@ -173,10 +188,14 @@ def task_totals(pid: int) -> dict[str, float]:
     """CPU ns (schedstat), voluntary/involuntary switches and threads, over all threads."""
     cpu_ns = vcs = nvcs = 0
     threads = 0
+    per_task: dict[int, tuple[str, int]] = {}
     for task in glob.glob(f"/proc/{pid}/task/*"):
         try:
             with open(f"{task}/schedstat", encoding="ascii") as fh:
-                cpu_ns += int(fh.read().split()[0])
+                ns = int(fh.read().split()[0])
+            with open(f"{task}/comm", encoding="utf-8") as fh:
+                per_task[int(task.rsplit("/", 1)[1])] = (fh.read().strip(), ns)
+            cpu_ns += ns
             with open(f"{task}/status", encoding="ascii") as fh:
                 for line in fh:
                     if line.startswith("voluntary_ctxt_switches"):
@@ -187,7 +206,20 @@ def task_totals(pid: int) -> dict[str, float]:
         except (OSError, ValueError, IndexError):
             continue                      # a thread that ended between listing and reading
     return {"t": time.monotonic(), "cpu_ns": cpu_ns, "vcs": vcs, "nvcs": nvcs,
-            "threads": threads}
+            "threads": threads, "tasks": per_task}
+
+
+def threads_pct(a: dict[str, Any], b: dict[str, Any], names: dict[str, str]
+                ) -> dict[str, float]:
+    """% of a core per thread between two :func:`task_totals`, by Python thread name where
+    the process told it (Python does not name its OS threads; SDL and PortAudio do)."""
+    span = b["t"] - a["t"]
+    out: dict[str, float] = {}
+    for tid, (comm, ns) in b["tasks"].items():
+        name = names.get(str(tid), comm)
+        out[name] = out.get(name, 0.0) + 100.0 * (ns - a["tasks"].get(tid, (comm, 0))[1]) \
+            / 1e9 / span
+    return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 # --- the two streamers ---------------------------------------------------------------
@@ -282,7 +314,8 @@ class Streamer:
 
 def _round(kind: str, sink: Sink, workdir: Path, frame_ms: int, seconds: float,
            settle: float) -> dict[str, Any]:
-    s = Streamer(kind, sink.url, workdir, frame_ms)
+    s = Streamer(kind, sink.url, workdir, frame_ms, launcher=("-c", NAMED_LAUNCHER))
+    names: dict[str, str] = {}
     try:
         conn = sink.first_frame(s.t_launch, 60.0, s.proc)
         time.sleep(settle)
@@ -292,6 +325,8 @@ def _round(kind: str, sink: Sink, workdir: Path, frame_ms: int, seconds: float,
         status = proc_status(s.pid)
         memory = proc_memory(s.pid)
         first_event = s.first_event()
+        if kind == "appliance":
+            names = _thread_names(s)
         code = s.stop()
         if code not in (0, -signal.SIGTERM):
             raise BenchError(f"{kind} exited with {code}: {s.stderr()[-400:].strip()}")
@@ -313,7 +348,21 @@ def _round(kind: str, sink: Sink, workdir: Path, frame_ms: int, seconds: float,
         "startup_first_event_s": (round(first_event - s.t_launch, 3)
                                   if first_event is not None and kind == "appliance" else None),
         "peak_rss_mb": round(status.get("VmHWM", 0) / 1024.0, 1), **memory,
+        "cpu_by_thread_pct": threads_pct(a, b, names),
     }
+
+
+def _thread_names(s: Streamer) -> dict[str, str]:
+    with contextlib.suppress(OSError):
+        os.kill(s.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        for line in s.stderr().splitlines():
+            if line.startswith("bench-threads "):
+                with contextlib.suppress(ValueError):
+                    return json.loads(line.split(" ", 1)[1])
+        time.sleep(0.1)
+    return {}
 
 
 _KEYS = ("cpu_pct", "us_per_frame", "vcs_per_s", "nvcs_per_s", "threads", "frames_per_s",
@@ -342,6 +391,10 @@ def run_floor(workdir: Path, rounds: int, seconds: float, frame_ms: int = 20,
         }
         for kind, rows in per.items():
             out[kind] = {k: _med([r[k] for r in rows]) for k in _KEYS}
+            names = {n for r in rows for n in r["cpu_by_thread_pct"]}
+            out[kind]["cpu_by_thread_pct"] = dict(sorted(
+                ((n, _med([r["cpu_by_thread_pct"].get(n, 0.0) for r in rows])) for n in names),
+                key=lambda kv: -(kv[1] or 0)))
             out[kind]["rounds"] = rows
         out["ratio"] = {k: _ratio(out["appliance"][k], out["floor"][k])
                         for k in ("cpu_pct", "us_per_frame", "vcs_per_s", "threads",

@@ -121,6 +121,10 @@ def render(report: dict[str, Any]) -> list[str]:
         ratio=False)
     lines.append(f"{'CPU ratio, median of per-round pairs':<34} "
                  f"{_f(f['ratio'].get('cpu_pct_paired_median'), 'x'):>32}")
+    busiest = [f"{k} {v:g}" for k, v in f["appliance"].get("cpu_by_thread_pct", {}).items()
+               if v][:6]
+    if busiest:
+        lines.append("appliance CPU % by thread: " + ", ".join(busiest))
     ins = f.get("instructions")
     if ins:
         for kind in ("appliance", "floor"):
