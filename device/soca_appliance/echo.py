@@ -176,6 +176,23 @@ class ReferenceRing:
                 kept.append((start, seg[:at - start]))
         self._segments = kept
 
+    def shift(self, first: int, delta: int, until: Optional[int] = None) -> None:
+        """Move the segments starting in [``first``, ``until``) by ``delta`` samples, as
+        far as they are not read yet (the aligner's correction of one piece and those
+        queued back to back after it)."""
+        moved: deque[tuple[int, np.ndarray]] = deque(maxlen=self._segments.maxlen)
+        for start, seg in self._segments:
+            if start >= first and (until is None or start < until):
+                if start < self._read:                      # partly read: move the rest
+                    seg, start = seg[self._read - start:], self._read
+                start += delta
+                if start < self._read:
+                    seg, start = seg[self._read - start:], self._read
+                if not len(seg):
+                    continue
+            moved.append((start, seg))
+        self._segments = moved
+
     def scale_from(self, at: int, gain: float) -> None:
         """The speaker's volume changed at ``at`` (ducking): so does the reference."""
         for start, seg in self._segments:
@@ -194,6 +211,34 @@ class ReferenceRing:
         while self._segments and self._segments[0][0] + len(self._segments[0][1]) <= self._read:
             self._segments.popleft()
         return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+
+def estimate_lag(near: np.ndarray, far: np.ndarray, lo: int, hi: int) -> tuple[int, float]:
+    """The lag L in [lo, hi] at which ``near[i]`` best matches ``far[i - L]`` (both arrays
+    cover the same sample indices), and the normalised correlation there (0..1).
+
+    The peak is found on the phase transform of the cross-spectrum (GCC-PHAT, in the
+    speech band): plain correlation of speech through a band-limited speaker peaks too
+    broadly to place a piece within the 2 ms AEC3 tolerates between pieces.
+    """
+    x = np.asarray(near, dtype=np.float64)
+    y = np.asarray(far, dtype=np.float64)
+    size = 1 << int(np.ceil(np.log2(len(x) + len(y))))
+    cross = np.fft.rfft(x, size) * np.conj(np.fft.rfft(y, size))
+    plain = np.fft.irfft(cross, size)
+    freqs = np.fft.rfftfreq(size, 1.0 / RATE)
+    band = (freqs > 150.0) & (freqs < 7000.0)
+    mag = np.abs(cross)
+    phat = np.where(band, cross / np.maximum(mag, 1e-9 * (mag.max() or 1.0)), 0.0)
+    sharp = np.fft.irfft(phat, size)
+    lo, hi = max(0, lo), max(lo, min(hi, len(x) - 1))
+    if hi < lo or not len(sharp[lo:hi + 1]):
+        return lo, 0.0
+    lag = lo + int(np.argmax(sharp[lo:hi + 1]))
+    e_far = float(np.sum(y[:len(y) - lag] ** 2))
+    e_near = float(np.sum(x[lag:] ** 2))
+    score = abs(float(plain[lag])) / np.sqrt(e_far * e_near) if e_far > 0 and e_near > 0 else 0.0
+    return lag, score
 
 
 # --- ducking ----------------------------------------------------------------------------
@@ -247,6 +292,123 @@ class Ducker:
 # --- the orchestrator's view --------------------------------------------------------------
 
 @dataclass
+class _Placed:
+    start: int            # where the piece went in the ring
+    raw: int              # where the clock alone would have put it
+    onset: int            # its first audible sample (echo of silence tells nothing)
+
+
+class Aligner:
+    """Keeps the lag the canceller sees the same for every piece the mixer starts afresh.
+
+    A piece played on an idle channel starts at the mixer's next buffer, so where its
+    echo lands varies by up to one buffer (measured on SDL's pulse driver: 20 ms spread
+    between sentences; AEC3 re-learns each jump and meanwhile residual echo passes as
+    speech). The mixer's buffers form a grid: every fresh start's echo falls on it. Each
+    such piece's echo is found by cross-correlation once it is in; from those the grid's
+    phase and the shortest lag are learnt, new pieces are placed on the grid at the lag
+    of the first one, and a piece found off it is moved there for the rest of its length.
+    Pure: the caller hands in aligned mic and reference history.
+    """
+
+    def __init__(self, window_s: float = 0.4, search_s: float = 0.03,
+                 first_search_s: float = 0.6, min_score: float = 0.3,
+                 margin: int = 16, tolerance: int = 48) -> None:
+        self.window = int(window_s * RATE)
+        self.search = int(search_s * RATE)
+        self.first_search = int(first_search_s * RATE)
+        self.min_score = min_score
+        self.margin = margin
+        self.tolerance = tolerance
+        self.grid: Optional[float] = None        # the mixer's buffer, in mic samples
+        self.target: Optional[int] = None        # the lag the canceller is kept at
+        self.phase: Optional[float] = None       # echo onsets modulo the grid
+        self.shortest: Optional[int] = None      # echo minus clock-placed reference, least
+        self.pending: deque[_Placed] = deque(maxlen=8)
+        self.corrections: list[int] = []
+        self._agree = 0                          # measurements in a row on the grid
+        self.measured = 0                        # fresh starts found on the grid
+        self.learn = 6
+
+    def set_grid(self, seconds: float) -> None:
+        grid = seconds * RATE
+        if self.grid is not None and abs(grid - self.grid) > 0.5:
+            self.phase = self.shortest = None    # another mixer: learn again
+            self._agree = 0
+        self.grid = grid
+
+    def place(self, raw: int) -> int:
+        """Where a piece the clock puts at ``raw`` goes."""
+        if None in (self.grid, self.phase, self.shortest, self.target):
+            return raw
+        assert self.grid and self.phase is not None and self.shortest is not None
+        earliest = raw + self.shortest - self.margin
+        k = np.ceil((earliest - self.phase) / self.grid)
+        echo_at = int(round(self.phase + k * self.grid))
+        assert self.target is not None
+        return echo_at - self.target
+
+    def due(self, piece: _Placed, pos: int) -> bool:
+        reach = self.first_search if self.target is None else self.target + self._span()
+        return pos >= piece.onset + reach + self.window
+
+    def _span(self) -> int:
+        return max(self.search, int(self.grid or 0) + self.margin)   # a buffer off, either way
+
+    @property
+    def settled(self) -> bool:
+        """Seen enough fresh starts to place the next one on the grid (the shortest lag
+        is learnt from the luckiest start so far; a start sooner than that lands a buffer
+        off until seen)."""
+        return self.target is not None and (self.grid is None or self.measured >= self.learn)
+
+    def measure(self, piece: _Placed, hist_start: int, near: np.ndarray, far: np.ndarray
+                ) -> Optional[int]:
+        """The shift for ``piece`` (None: no confident measurement)."""
+        if self.target is None:
+            lo, hi = 0, self.first_search
+        else:
+            lo, hi = max(0, self.target - self._span()), self.target + self._span()
+        x, y = near.astype(np.float64), far.astype(np.float64).copy()
+        y[:max(0, piece.start - hist_start)] = 0.0           # only this piece's reference
+        x[:max(0, piece.start + lo - hist_start)] = 0.0      # and only its echo
+        if float(np.sum(y ** 2)) < len(y) * 100.0:           # too little sound to tell
+            return None
+        lag, score = estimate_lag(x, y, lo, hi)
+        if score < self.min_score:
+            return None
+        echo_at = piece.start + lag
+        if self.target is None:
+            # One buffer less than the first lag: a fresh start can come up to a buffer
+            # sooner than that one did, and its reference must still go after the clock's
+            # guess (which is about now: never behind the mic).
+            self.target = max(0, lag - int(np.ceil(self.grid or 0)) - self.margin)
+        if not self._learn(echo_at, echo_at - piece.raw):
+            return None                  # off the grid it has learnt: a wrong peak
+        shift = lag - self.target
+        if abs(shift) <= self.tolerance:
+            return 0                     # AEC3 takes 2-3 ms in its stride; a move does not
+        self.corrections.append(shift)
+        return shift
+
+    def _learn(self, echo_at: int, from_clock: int) -> bool:
+        """Take in one measured echo onset; False when it contradicts the grid."""
+        if self.grid:
+            here = echo_at % self.grid
+            if self.phase is None:
+                self.phase, self._agree = here, 1
+            else:   # wrap the difference into half a grid either way
+                d = (here - self.phase + self.grid / 2) % self.grid - self.grid / 2
+                if abs(d) > max(2 * self.margin, self.grid / 8) and self._agree >= 3:
+                    return False
+                self._agree = self._agree + 1 if abs(d) <= 2 * self.margin else 1
+                self.phase = (self.phase + 0.3 * d) % self.grid     # follows slow drift
+        self.shortest = from_clock if self.shortest is None else min(self.shortest, from_clock)
+        self.measured += 1
+        return True
+
+
+@dataclass
 class EchoStats:
     frames: int = 0
     frames_with_reference: int = 0
@@ -255,6 +417,7 @@ class EchoStats:
     pieces: int = 0
     cuts: int = 0
     ducks: int = 0
+    realigned: int = 0            # pieces moved to the canceller's lag
 
 
 class EchoPath:
@@ -270,12 +433,16 @@ class EchoPath:
 
     def __init__(self, canceller: Any, frame_ms: int = 20,
                  is_speech: Optional[Callable[[bytes], bool]] = None,
-                 warmup_s: float = 3.0, tail_s: float = 1.0) -> None:
+                 warmup_s: float = 3.0, tail_s: float = 1.0, history_s: float = 1.5,
+                 learn_starts: int = 6, align: bool = True) -> None:
         self._aec = canceller
         self._clock = MicClock()
         self._ring = ReferenceRing()
         self._lock = threading.Lock()
         self._ducker = Ducker(frame_ms)
+        self._tracker = Aligner()
+        self._tracker.learn = learn_starts
+        self._align = align           # False: place by the clock alone (for comparison)
         self._is_speech = is_speech or _webrtc_vad()
         self.stats = EchoStats()
         self._pos = 0                 # mic samples seen
@@ -286,17 +453,38 @@ class EchoPath:
         self._since_ref = self._tail  # samples since the last reference sample
         self._delay = np.zeros(AEC_LATENCY, dtype=np.int16)
         self._mode = "raw"
+        frames = max(1, int(history_s * 1000 / frame_ms))
+        self._history: deque[tuple[int, np.ndarray, np.ndarray]] = deque(maxlen=frames)
 
     @property
     def converged(self) -> bool:
-        return self._heard >= self._warmup
+        """The canceller has learnt the room and the aligner the mixer's timing."""
+        return self._heard >= self._warmup and (self._tracker.settled or not self._align)
+
+    @property
+    def lag_ms(self) -> Optional[float]:
+        lag = self._tracker.target       # the lag the canceller is kept at
+        return None if lag is None else 1000.0 * lag / RATE
 
     # player thread
-    def reference(self, pcm: bytes, t: float, rate: int, channels: int) -> None:
-        """PCM handed to the mixer at ``t`` (when it starts playing)."""
+    def reference(self, pcm: bytes, t: float, rate: int, channels: int,
+                  buffer_s: float = 0.0) -> None:
+        """PCM handed to the mixer at ``t`` (when it starts playing); ``buffer_s``: the
+        mixer's buffer in seconds (the grid fresh starts fall on)."""
         samples = to_reference(pcm, rate, channels) * self._gain
+        loud = np.flatnonzero(np.abs(samples) > 300.0)
         with self._lock:
-            self._ring.write(self._clock.index_at(t), samples, follow=True)
+            if buffer_s:
+                self._tracker.set_grid(buffer_s)
+            raw = self._clock.index_at(t)
+            tail = self._ring.tail()
+            if tail > self._pos and abs(raw - tail) <= SNAP_SAMPLES:
+                self._ring.write(tail, samples)       # back to back with the last piece
+            elif len(samples):
+                start = self._ring.write(self._tracker.place(raw) if self._align else raw,
+                                         samples)
+                if loud.size and self._align:          # its echo will tell where it went
+                    self._tracker.pending.append(_Placed(start, raw, start + int(loud[0])))
             self.stats.pieces += 1
 
     def cut(self, t: float) -> None:
@@ -314,6 +502,8 @@ class EchoPath:
         with self._lock:
             self._clock.observe(self._pos, frame.t_capture)
             far = self._ring.read(start, n)
+        self._history.append((start, near, far))
+        self._realign()
         self.stats.frames += 1
         clean = self._aec.process(near, far)
         raw = np.concatenate([self._delay, near])
@@ -352,6 +542,38 @@ class EchoPath:
             self._gain = volume
             self.stats.ducks = self._ducker.ducks
         return Frame(pcm, frame.t_capture, frame.index), volume
+
+    def _realign(self) -> None:
+        tracker = self._tracker
+        with self._lock:
+            if not tracker.pending or not tracker.due(tracker.pending[0], self._pos):
+                return
+            piece = tracker.pending.popleft()
+        hist_start = self._history[0][0]
+        if piece.start < hist_start:
+            return                                   # out of history: leave it be
+        near = np.concatenate([h[1] for h in self._history])
+        far = np.concatenate([h[2] for h in self._history])
+        shift = tracker.measure(piece, hist_start, near, far)
+        if shift:
+            with self._lock:
+                until = tracker.pending[0].start if tracker.pending else None
+                self._ring.shift(piece.start, shift, until)
+            self.stats.realigned += 1
+
+
+def attach(duplex: str, frame_ms: int = 20,
+           probe: Callable[[], tuple[Optional[Callable[[], Canceller]], str]] = load_canceller
+           ) -> tuple[str, Optional[EchoPath]]:
+    """For the orchestrator: the policy in force and, for ``aec``, the echo path. Logs the
+    one line that says which policy runs and why."""
+    mode, line = resolve_duplex(duplex, probe)
+    (log.warning if duplex == "aec" and mode != "aec" else log.info)("%s", line)
+    if mode != "aec":
+        return mode, None
+    factory, _ = probe()
+    assert factory is not None
+    return mode, EchoPath(factory(), frame_ms)
 
 
 def _webrtc_vad(mode: int = 2) -> Callable[[bytes], bool]:
