@@ -151,6 +151,67 @@ def non_loopback_address() -> Optional[str]:
     return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
 
 
+# --- a stand-in appliance and a server for it ---------------------------------------------
+
+TOKEN = "t0ken-" + "x" * 20
+KEY = "private-key-never-shown-0123456789"
+
+
+class FakeApp:
+    """Records calls on the button's code path; status() like Appliance.status()."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.muted = False
+        self.state = "ready"
+        self.faults: list[str] = []
+        self.counters = {"frames_captured": 500, "frames_sent": 480,
+                         "frames_dropped_not_ready": 7, "frames_dropped_full": 3,
+                         "sentences_played": 4, "sentences_dropped": 1, "connects": 3,
+                         "connect_attempts": 5, "barges_button": 2, "barges_server": 1}
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state, "connected": self.state != "connecting",
+                "session_id": "s1", "seq": 2, "muted": self.muted, "faults": self.faults,
+                "counters": dict(self.counters)}
+
+    def press(self, source: str = "button") -> str:
+        self.calls.append(("press", source))
+        return "barged"
+
+    def set_muted(self, muted: bool) -> None:
+        self.calls.append(("set_muted", muted))
+        self.muted = muted
+
+
+def make_server(app: Any, events: Any, **kw: Any) -> Any:
+    """A started WebServer for ``app`` on 127.0.0.1 (port 0), fed by ``events``."""
+    from soca_appliance.web import WebServer, WebSettings
+    from soca_appliance.web.feed import Feed
+    meter = kw.pop("meter", None)
+    trusted = kw.pop("trusted", None)
+    feed = Feed()
+    feed.attach(events)
+    settings = WebSettings(**{"host": "127.0.0.1", "port": 0, "lang": "en",
+                              "version": "9.9.9", **kw})
+    server = (WebServer(settings, app, feed, meter) if trusted is None
+              else WebServer(settings, app, feed, meter, trusted=trusted))
+    server.start()
+    return server
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """/metrics parsed by prometheus_client's own parser: {(name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    status, headers, body = request(port, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
 # --- Chromium (tests/browser.py's, shared with the vendor-client tests) ------------------
 
 def chromium_driver() -> Iterator[Any]:

@@ -24,34 +24,28 @@ one debug log line, never a traceback.
 """
 from __future__ import annotations
 
-import hmac
-import http.client
-import ipaddress
 import json
 import logging
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
+from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlsplit
 
+from .access import (COOKIE, READ_TIMEOUT, CappedReader, HeadTooLarge, host_ok, is_loopback,
+                     token_offered)
 from .feed import Feed, sse, snapshot
 
 log = logging.getLogger("soca.web")
 
 MAX_CONNECTIONS = 16
-MAX_HEAD = 16 * 1024            # request line + headers + body of one connection
 MAX_BODY = 1024
-READ_TIMEOUT = 5.0
-HEAD_DEADLINE = 10.0            # the whole request, however slowly it trickles in
 HEARTBEAT_S = 15.0
 RETRY_MS = 1000                 # EventSource reconnects this soon after a restart
-COOKIE = "soca_token"
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 
 
@@ -62,46 +56,6 @@ class WebSettings:
     token: str = ""
     lang: str = "id"
     version: str = ""
-
-
-class HeadTooLarge(http.client.LineTooLong):
-    """The client sent more than :data:`MAX_HEAD` bytes."""
-
-
-class _Budget:
-    """The connection's reader: at most ``left`` bytes in all, all before ``deadline``
-    (so 16 slow clients cannot hold every connection slot)."""
-
-    def __init__(self, raw: Any, left: int, sock: Any, deadline: float) -> None:
-        self.raw, self.left, self.sock, self.deadline = raw, left, sock, deadline
-
-    def _time(self) -> None:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("request not complete in time")
-        self.sock.settimeout(min(READ_TIMEOUT, remaining))
-
-    def readline(self, size: int = -1) -> bytes:
-        self._time()
-        if self.left <= 0:
-            raise HeadTooLarge(f"more than {MAX_HEAD} bytes")
-        want = self.left + 1 if size is None or size < 0 else min(size, self.left + 1)
-        line = self.raw.readline(want)
-        self.left -= len(line)
-        if self.left < 0:
-            raise HeadTooLarge(f"more than {MAX_HEAD} bytes")
-        return line
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0 or size > self.left:
-            raise HeadTooLarge(f"more than {MAX_HEAD} bytes")
-        self._time()
-        data = self.raw.read(size)
-        self.left -= len(data)
-        return data
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 class _Server(ThreadingHTTPServer):
@@ -144,7 +98,7 @@ class WebServer:
     """Serve the screen for ``app`` (anything with ``status``, ``press``, ``set_muted``)."""
 
     def __init__(self, settings: WebSettings, app: Any, feed: Feed, meter: Any = None,
-                 trusted: Callable[[str], bool] = lambda ip: _is_loopback(ip)) -> None:
+                 trusted: Callable[[str], bool] = is_loopback) -> None:
         self.settings, self.app, self.feed, self.meter = settings, app, feed, meter
         self.trusted = trusted
         self.stopping = threading.Event()
@@ -199,20 +153,9 @@ class WebServer:
 
     def authorised(self, peer: str, headers: Any, query: dict[str, list[str]]) -> Optional[str]:
         """How the client got in (``"open"``, ``"token"``), or None."""
-        token = self.settings.token
-        if not token:
+        if not self.settings.token:
             return "open"
-        offered: list[str] = []
-        auth = headers.get("Authorization", "")
-        if auth[:7].lower() == "bearer ":
-            offered.append(auth[7:].strip())
-        cookie = _cookie(headers.get("Cookie", ""))
-        if cookie:
-            offered.append(cookie)
-        offered += query.get("token", [])[:1]
-        good = token.encode("utf-8")
-        # compare_digest on every offer, so timing does not tell which one was tried
-        if any(hmac.compare_digest(t.encode("utf-8", "replace"), good) for t in offered):
+        if token_offered(self.settings.token, headers, query):
             return "token"
         return "open" if self.trusted(peer) else None
 
@@ -237,8 +180,7 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         # what send_response needs, before a request line has been parsed
         self.command, self.request_version, self.requestline = "", "HTTP/1.0", ""
-        self.rfile = _Budget(self.rfile, MAX_HEAD, self.connection,  # type: ignore[assignment]
-                             time.monotonic() + HEAD_DEADLINE)
+        self.rfile = CappedReader(self.rfile, self.connection)  # type: ignore[assignment]
 
     def handle(self) -> None:
         try:
@@ -283,7 +225,7 @@ class Handler(BaseHTTPRequestHandler):
             web.note_refusal(peer, "no valid token")
             return self._send(401, b"401 token required\n",
                               headers={"WWW-Authenticate": 'Bearer realm="soca-appliance"'})
-        if how == "open" and not _host_ok(self.headers.get("Host", "")):
+        if how == "open" and not host_ok(self.headers.get("Host", "")):
             web.note_refusal(peer, "unexpected Host header")
             return self._send(403, b"403 use the kiosk's IP address or localhost\n")
         routes: dict[tuple[str, str], Callable[[], None]] = {
@@ -433,39 +375,3 @@ class Handler(BaseHTTPRequestHandler):
 
 def _asset(name: str) -> bytes:
     return (resources.files("soca_appliance.web") / "static" / name).read_bytes()
-
-
-def _cookie(header: str) -> str:
-    try:
-        jar = SimpleCookie(header)
-    except CookieError:
-        return ""
-    morsel = jar.get(COOKIE)
-    return morsel.value if morsel is not None else ""
-
-
-def _is_loopback(ip: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return addr.is_loopback or bool(mapped and mapped.is_loopback)
-
-
-def _host_ok(host: str) -> bool:
-    """``Host`` names the kiosk by address or as localhost (not a rebinding domain)."""
-    name = host.strip()
-    if not name:
-        return True                 # HTTP/1.0 tools omit it; browsers always send one
-    if name.startswith("["):
-        name = name[1:].split("]", 1)[0]
-    elif name.count(":") == 1:
-        name = name.split(":", 1)[0]
-    if name.lower() == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return False
