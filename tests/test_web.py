@@ -361,3 +361,20 @@ def test_port_in_use_is_a_warning_not_a_crash(web: WebServer, app: FakeApp, even
                                               caplog: pytest.LogCaptureFixture) -> None:
     assert serve("127.0.0.1", web.port, "", "en", "1", app, events) is None
     assert "cannot listen on 127.0.0.1" in caplog.text
+
+
+def test_ipv6_loopback(app: FakeApp, events: EventLog) -> None:
+    import socket
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        server = make_server(app, events, host="::1")
+    except OSError as exc:
+        pytest.skip(f"cannot bind ::1 here: {exc}")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        status, _, body = request(server.port, "GET", "/api/status", host="::1",
+                                  headers={"Host": f"[::1]:{server.port}"})
+        assert status == 200 and json.loads(body)["state"] == "ready"
+    finally:
+        server.close()
