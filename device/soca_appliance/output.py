@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from . import devices
 from .backoff import Backoff
@@ -75,6 +75,12 @@ class AudioOutput:
         self._failed_sig: Optional[tuple[str, ...]] = None
         self._open_presence: Optional[devices.Presence] = None
         self._next_poll = 0.0
+
+    def set_retry(self, initial: float) -> None:
+        """A new first retry delay (the cap stays), effective from the next retry."""
+        self.retry_s = initial
+        self._backoff = Backoff(initial=initial, cap=max(initial, self.retry_max_s), jitter=0.1)
+        self._next_try = min(self._next_try, self.clock() + initial)
 
     # --- opening -----------------------------------------------------------------
 
@@ -188,6 +194,18 @@ class AudioOutput:
             _pygame().mixer.quit()
         except Exception:  # noqa: BLE001 - a missing mixer module raises NotImplementedError
             pass
+
+
+def channel_busy(channel: Any) -> bool:
+    """The pygame channel plays, or is about to play its queued sound.
+
+    ``get_busy()`` alone reads SDL_mixer's flag without its lock: between the end of one
+    sound and pygame's callback starting the queued one (the callback waits for the GIL,
+    which the caller holds) it says False, and a ``play()`` then would replace the queued
+    piece (the last 50 ms of a progressive sentence, lost: seen in the long-run soak). The
+    queue is read first: once the callback has taken the queued sound, the channel plays it.
+    """
+    return channel.get_queue() is not None or channel.get_busy()
 
 
 def _describe(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ import pygame  # noqa: E402
 from . import devices  # noqa: E402
 from .assembler import Piece, Sentence  # noqa: E402
 from .backoff import Backoff  # noqa: E402
-from .output import AudioOutput, OutputInfo  # noqa: E402
+from .output import AudioOutput, OutputInfo, channel_busy as _busy  # noqa: E402
 
 log = logging.getLogger("soca.player")
 
@@ -79,9 +79,12 @@ class Player:
                  buffer: int = 512, max_queue: int = 32, retry_s: float = 5.0,
                  prebuffer_s: float = 0.25, retry_max_s: float = 60.0,
                  presence: Optional[devices.PresenceCheck] = None,
-                 poll_s: float = 1.0) -> None:
+                 poll_s: float = 1.0, speed: float = 1.0) -> None:
         self.cb = callbacks or PlayerCallbacks()
         self.prebuffer_s = prebuffer_s      # progressive: audio in hand before starting
+        # How much faster than real time the device takes samples: 1 for a speaker; more
+        # for SDL's disk driver with a short SDL_DISKAUDIODELAY (the long-run soak).
+        self.speed = speed
         self.frequency = frequency
         self.buffer = buffer
         self.max_queue = max_queue
@@ -111,10 +114,7 @@ class Player:
 
     @retry_s.setter
     def retry_s(self, value: float) -> None:       # first retry delay (tests shorten it)
-        self.output.retry_s = value
-        self.output._backoff = Backoff(initial=value, cap=max(value, self.output.retry_max_s),
-                                       jitter=0.1)
-        self.output._next_try = min(self.output._next_try, time.monotonic() + value)
+        self.output.set_retry(value)
         with self._cond:
             self._cond.notify_all()
 
@@ -351,12 +351,14 @@ class Player:
     def _push(self, item: _Item) -> bool:
         """Hand pending PCM to the channel (lock held). True when the sentence starts."""
         channel = pygame.mixer.Channel(SPEECH_CHANNEL)
-        busy = channel.get_busy()
-        if item.started and not busy and not item.complete and not self._refilling:
+        busy = _busy(channel)
+        if (item.started and not busy and not self._refilling
+                and (not item.complete or self._pending)):
             # The network fell behind the speaker: gather a prebuffer again rather than
-            # resume on the one MP3 frame in hand and stall again right after it.
+            # resume on the one MP3 frame in hand and stall again right after it (unless
+            # the rest of the sentence is all here).
             self.underruns += 1
-            self._refilling = True
+            self._refilling = not item.complete
         if not self._pending:
             return False
         if (not busy and not item.complete
@@ -373,7 +375,7 @@ class Player:
             channel.play(sound)
             self._ends_at = now
             self._refilling = False
-        self._ends_at = max(self._ends_at, now) + sound.get_length()
+        self._ends_at = max(self._ends_at, now) + sound.get_length() / self.speed
         self._pending.clear()
         first = not item.started
         item.started = True
@@ -391,7 +393,10 @@ class Player:
         if remaining > 0.005:
             self._cond.wait(remaining)
             return False
-        if pygame.mixer.Channel(SPEECH_CHANNEL).get_busy() and remaining > -2.0:
+        # (A device running slower than the estimate gets 2 s of audio's grace, and never
+        # less than half a second of wall time: a sped-up device can be starved.)
+        if (_busy(pygame.mixer.Channel(SPEECH_CHANNEL))
+                and remaining > -max(2.0 / self.speed, 0.5)):
             self._cond.wait(0.005)      # the mixer drains its last buffer a little later
             return False
         self._current = None
@@ -420,3 +425,4 @@ class Player:
             self.cb.on_error(f"sentence seq {item.sentence.seq} id {item.sentence.sentence_id!r} "
                              f"is not valid MP3 ({len(mp3)} bytes); skipped")
             return None
+
