@@ -372,15 +372,21 @@ _KEYS = ("cpu_pct", "us_per_frame", "vcs_per_s", "nvcs_per_s", "threads", "frame
 
 def run_floor(workdir: Path, rounds: int, seconds: float, frame_ms: int = 20,
               settle: float = 1.0, instructions: bool = False,
-              importtime: bool = True) -> dict[str, Any]:
-    """Alternating rounds of the floor and the appliance; medians and ratios."""
-    per: dict[str, list[dict[str, Any]]] = {"floor": [], "appliance": []}
+              importtime: bool = True, wyoming: Optional[str] = None) -> dict[str, Any]:
+    """Alternating rounds of the floor and the appliance (and wyoming-satellite at 20 and
+    64 ms chunks when its executable is given); medians and ratios."""
+    kinds = ["floor", "appliance"] + (["wyoming_20ms", "wyoming_64ms"] if wyoming else [])
+    per: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     with Sink() as sink:
         for n in range(rounds):
-            order = ("floor", "appliance") if n % 2 == 0 else ("appliance", "floor")
-            for kind in order:
+            for kind in (kinds if n % 2 == 0 else kinds[::-1]):
                 progress(f"floor {n + 1}/{rounds}: {kind} streaming for {seconds:g} s")
-                per[kind].append(_round(kind, sink, workdir, frame_ms, seconds, settle))
+                if kind.startswith("wyoming") and wyoming:
+                    from .wyoming import wyoming_round
+                    row = wyoming_round(wyoming, int(kind[8:10]), seconds, settle)
+                else:
+                    row = _round(kind, sink, workdir, frame_ms, seconds, settle)
+                per[kind].append(row)
         out: dict[str, Any] = {
             "what": "the same speech, 640-byte frames every 20 ms, to a listening sink; "
                     "floor = one-thread websocket-client + time.sleep; appliance = "
@@ -399,6 +405,9 @@ def run_floor(workdir: Path, rounds: int, seconds: float, frame_ms: int = 20,
         out["ratio"] = {k: _ratio(out["appliance"][k], out["floor"][k])
                         for k in ("cpu_pct", "us_per_frame", "vcs_per_s", "threads",
                                   "peak_rss_mb", "pss_mb", "startup_first_frame_s")}
+        for kind in kinds[2:]:
+            out["ratio"][kind] = {k: _ratio(out[kind][k], out["floor"][k])
+                                  for k in ("cpu_pct", "vcs_per_s", "peak_rss_mb", "pss_mb")}
         # Each round's pair compared too: robust to the load drifting between rounds.
         out["ratio"]["cpu_pct_paired_median"] = _med(
             [_ratio(a["cpu_pct"], f["cpu_pct"]) for a, f in zip(per["appliance"], per["floor"])])

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rounds of each (default 5; --quick 2)")
     p.add_argument("--floor-window", type=float, default=None, metavar="S",
                    help="seconds measured per round (default 15; --quick 4)")
+    p.add_argument("--wyoming", metavar="EXE", default=None,
+                   help="with --floor: also wyoming-satellite (its executable, installed "
+                        "apart) at 20 and 64 ms chunks in the same rounds")
     p.add_argument("--instructions", action="store_true",
                    help="with --floor: also count instructions per frame under valgrind "
                         "(about 2 minutes more)")
@@ -48,6 +51,11 @@ def targets(floor: dict[str, Any]) -> dict[str, Any]:
         value = _dig(floor, path)
         if value is not None:
             out[name] = {"value": value, "limit": limit, "unit": unit, "pass": value <= limit}
+    wy = _dig(floor, ("wyoming_20ms", "cpu_pct"))
+    app = _dig(floor, ("appliance", "cpu_pct"))
+    if wy is not None and app is not None:     # measured in the same rounds
+        out["cpu_below_wyoming_20ms_pct"] = {"value": app, "limit": wy, "unit": "%",
+                                             "pass": app <= wy}
     return out
 
 
@@ -64,7 +72,7 @@ def floor_main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="soca-bench-floor-") as tmp:
         try:
             floor = run_floor(Path(tmp), rounds, window, args.frame_ms,
-                              instructions=args.instructions)
+                              instructions=args.instructions, wyoming=args.wyoming)
         except BenchError as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 1
@@ -119,6 +127,13 @@ def render(report: dict[str, Any]) -> list[str]:
     row("launch -> first frame at the server", "startup_first_frame_s", " s", 3)
     row("launch -> first event (imports done)", "startup_first_event_s", " s", 3,
         ratio=False)
+    for kind in ("wyoming_20ms", "wyoming_64ms"):
+        if kind in f:
+            w, r = f[kind], f["ratio"][kind]
+            lines.append(f"{kind.replace('_', '-satellite ', 1):<34} CPU {_f(w['cpu_pct'], ' %')} "
+                         f"({_f(r['cpu_pct'], 'x')} the floor), {_f(w['vcs_per_s'], '', 0)} "
+                         f"switches/s, {_f(w['threads'], '', 0)} threads, RSS/PSS "
+                         f"{_f(w['peak_rss_mb'], '', 1)}/{_f(w['pss_mb'], ' MB', 1)}")
     lines.append(f"{'CPU ratio, median of per-round pairs':<34} "
                  f"{_f(f['ratio'].get('cpu_pct_paired_median'), 'x'):>32}")
     busiest = [f"{k} {v:g}" for k, v in f["appliance"].get("cpu_by_thread_pct", {}).items()
