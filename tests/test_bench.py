@@ -127,3 +127,32 @@ def test_importtime_and_callgrind_dumps_are_parsed(tmp_path: Any) -> None:
         "events: Ir\nsummary: 1234\n")
     assert _callgrind_window_total(tmp_path, "floor") == 1234
     assert _callgrind_window_total(tmp_path, "appliance") is None
+
+
+def _player_soak(hours: float, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    code = bench.main(["--json", "--soak-hours", str(hours)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    soak = json.loads(out)["player_soak"]
+    assert soak["speech_hours"] >= hours
+    assert soak["heard_byte_exact"] == soak["expected_whole"] > 0    # every sentence heard
+    assert soak["missing"] == soak["corrupt"] == soak["stuck"] == 0 and soak["errors"] == []
+    assert soak["speed_x"] > 2                                        # faster than real time
+    for key in ("rss_slope_mb_per_speech_hour", "rss_slope_mb_per_wall_hour",
+                "fd_slope_per_speech_hour", "threads_max", "silence_gap_s"):
+        assert _is_number(soak[key]), key
+    assert "player soak:" in err and "heard byte-exact" in err       # the table
+    return soak
+
+
+def test_player_soak_tiny(capsys: pytest.CaptureFixture[str]) -> None:
+    """Seconds of speech through the real player on the disk driver, every sentence found."""
+    _player_soak(0.003, capsys)
+
+
+@pytest.mark.slow
+def test_player_soak_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    soak = _player_soak(0.1, capsys)                 # six minutes of speech, ~20 s
+    assert soak["barges"] + soak["resets"] > 0 and soak["progressive"] > 0
+    assert soak["fds_last"] - soak["fds_first"] <= 1
+    assert soak["threads_max"] == soak["threads_min"]
