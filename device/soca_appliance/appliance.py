@@ -173,6 +173,8 @@ class Appliance(Conversation):
             self.counters.add("events_dropped")
 
     def _log(self, level: int, message: str, *args: Any) -> None:
+        if not log.isEnabledFor(level):
+            return                         # (debug lines must not fill the effects queue)
         if not self.effects.submit(functools.partial(log.log, level, message, *args)):
             self.counters.add("events_dropped")
 
