@@ -279,8 +279,15 @@ def test_screen_stop_interrupts_exactly_like_the_button(
     after = rig.rec.mark()
     button = _press_and_trace(rig, gpio, after)
     assert ("barge", None, "button", None) in button
-    # the same events in the same order; only the source differs
-    assert [(n, r, st) for n, r, _s, st in screen] == [(n, r, st) for n, r, _s, st in button]
+    # The same stops and the same barge in the same order, only the source differs, and
+    # both end ready. (A state the player's own thread reports while it stops, such as
+    # "thinking" between two sentence.stop lines, depends on thread timing, not on the press.)
+    def effects(trace: list[tuple]) -> list[tuple]:
+        return [(n, r) for n, r, _s, _st in trace if n != "state"]
+
+    assert effects(screen) == effects(button)
+    assert [st for n, _r, _s, st in screen if n == "state"][-1] == "ready"
+    assert [st for n, _r, _s, st in button if n == "state"][-1] == "ready"
     assert rig.app.counters.barges_button == 2
     assert js(driver, "return document.querySelectorAll('.msg.agent.interrupted').length") >= 1
 
