@@ -46,6 +46,7 @@ def test_page_is_served_in_the_configured_language(app: FakeApp, events: EventLo
         status, headers, body = request(server.port, "GET", "/")
         assert status == 200 and headers["content-type"].startswith("text/html")
         assert f'<html lang="{lang}">'.encode() in body
+        assert "default-src 'self'" in headers["content-security-policy"]
         for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
             status, headers, asset = request(server.port, "GET", f"/static/{name}")
             assert status == 200 and headers["content-type"].startswith(kind) and asset

@@ -204,6 +204,9 @@ def test_conversation_partial_then_final_then_sentences_in_order(
     assert js(driver, "return document.querySelectorAll('.msg.user').length") >= 1
     assert js(driver, "return window.__loaded === true")            # never reloaded
     check_layout(driver)
+    # no script error, no blocked resource (the page's Content-Security-Policy included)
+    severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert severe == [], severe
 
 
 def final_style(records: list[list[str]], text: str) -> str:

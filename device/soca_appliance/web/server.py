@@ -257,7 +257,10 @@ class Handler(BaseHTTPRequestHandler):
     def _page(self) -> None:
         settings = self.server.web.settings
         html = self.server.web._files["index.html"].replace(b"{{LANG}}", settings.lang.encode())
-        self._send(200, html, "text/html; charset=utf-8")
+        # Only our own script and style run on the page, whatever text a transcript holds.
+        self._send(200, html, "text/html; charset=utf-8", headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                       "frame-ancestors 'none'; base-uri 'none'"})
 
     def _static(self, name: str) -> None:
         if name not in STATIC:
