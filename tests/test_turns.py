@@ -166,9 +166,18 @@ def test_a_barge_without_seq_stops_what_is_playing_now() -> None:
         assert h.app.status()["seq"] == 3
 
 
+def seen(h: Harness) -> str:
+    """For failure messages: the state and what happened, minus log lines."""
+    return (f"state {h.app.state}, faults {h.app.status()['faults']}; events "
+            f"{[(r['event'], r.get('state') or r.get('message')) for r in h.records if r['event'] != 'log']}")
+
+
 def _think(h: Harness, server: HostileServer) -> None:
     server.send({"type": "stt.final", "text": "what is the weather"})
-    wait_for(lambda: h.app.state == "thinking", 5, "thinking")
+    try:
+        wait_for(lambda: h.app.state == "thinking", 5, "thinking")
+    except pytest.fail.Exception:
+        pytest.fail(f"never thinking: {seen(h)}")
 
 
 def test_a_press_while_thinking_drops_the_answer_until_the_servers_barge() -> None:
@@ -238,10 +247,10 @@ def test_a_slow_led_never_delays_a_barge_from_the_link() -> None:
 
         h.app.player.stop_before = stop_before             # type: ignore[method-assign]
         play(server, 1, 1, "being said")
-        assert panel.entered.wait(10), "the speaking LED was never shown"
+        assert panel.entered.wait(10), f"the speaking LED was never shown: {seen(h)}"
         sent = time.monotonic()
         server.send({"type": "barge", "seq": 2, "reason": "content_partial"})
-        assert stopped.wait(1.5), "the barge waited for the LED"
+        assert stopped.wait(1.5), f"the barge waited for the LED: {seen(h)}"
         assert at[0] - sent < 1.0, f"stopped {at[0] - sent:.2f} s after the barge"
         panel.release.set()
         h.wait("sentence.stop", sentence_id=1, reason="barge")
