@@ -35,6 +35,7 @@ from .soak import _slope
 BYTES_PER_S = 22050 * 2          # the player's mixer: 22.05 kHz mono s16
 ANCHOR = 400                     # bytes of a sentence's first sound that locate it
 GIVE_UP_S = 120.0                # audio after which a sentence not found is missing
+SILENCE_S = 10.0                 # silence inside a sentence after which it has ended
 
 
 class Checker:
@@ -57,6 +58,7 @@ class Checker:
         self.bytes_seen = 0
         self._buf = bytearray()
         self._waited = 0            # bytes searched in vain for the head sentence
+        self._at: Optional[tuple[int, int]] = None   # head sentence: (pcm, buf) compared to
         self._lock = threading.Lock()
 
     def expect(self, key: Any, pcm: bytes, onset: int, cut: bool = False) -> None:
@@ -81,28 +83,37 @@ class Checker:
         if not self.expected:
             return False
         key, pcm, onset, cut = self.expected[0]
-        at = self._buf.find(pcm[onset:onset + ANCHOR])
-        if at < 0:
-            if len(self._buf) > ANCHOR:                 # keep what could be its beginning
-                self._waited += len(self._buf) - ANCHOR
-                del self._buf[:len(self._buf) - ANCHOR]
-            if self._waited > GIVE_UP_S * BYTES_PER_S:
-                self._done(self.missing, key, 0)        # never heard: silence, or lost
-                return True
-            return False
-        status, end, gaps, gap_bytes = _compare(self._buf, at, pcm, onset)
-        if status == "more":
-            return False                                # the rest has not been played yet
+        if self._at is None:                            # where the head sentence begins
+            at = self._buf.find(pcm[onset:onset + ANCHOR])
+            if at < 0:
+                if len(self._buf) > ANCHOR:             # keep what could be its beginning
+                    self._waited += len(self._buf) - ANCHOR
+                    del self._buf[:len(self._buf) - ANCHOR]
+                if self._waited > GIVE_UP_S * BYTES_PER_S:
+                    self._done(self.missing, key, 0)    # never heard: silence, or lost
+                    return True
+                return False
+            self._at = (onset, at)
+        i, j = self._at
+        status, i, j, gaps, gap_bytes = _compare(self._buf, j, pcm, i)
         self.gaps += gaps
         self.gap_bytes += gap_bytes
+        if status == "more":
+            # Verified up to j: drop it, resume there (each byte is compared once).
+            del self._buf[:j]
+            self._at = (i, 0)
+            if len(self._buf) < SILENCE_S * BYTES_PER_S:
+                return False
+            status = "differs"                          # silence for good: it ended here
+            j = len(self._buf)
         if status == "match":
             self.matched += 1
-            self._done(None, key, end)
+            self._done(None, key, j)
         elif cut:
             self.cut_heard += 1                         # it played as far as it was let
-            self._done(None, key, end)
+            self._done(None, key, j)
         else:
-            self._done(self.corrupt, key, end)
+            self._done(self.corrupt, key, j)
         return True
 
     def _done(self, bucket: Optional[list[Any]], key: Any, end: int) -> None:
@@ -110,6 +121,7 @@ class Checker:
             bucket.append(key)
         self.expected.popleft()
         self._waited = 0
+        self._at = None
         del self._buf[:end]
 
     def finish(self) -> None:
@@ -120,15 +132,15 @@ class Checker:
                     self.missing.append(key)
 
 
-def _compare(buf: bytearray, j: int, pcm: bytes, i: int) -> tuple[str, int, int, int]:
+def _compare(buf: bytearray, j: int, pcm: bytes, i: int) -> tuple[str, int, int, int, int]:
     """Compare ``pcm[i:]`` with ``buf[j:]``, skipping runs of silence in ``buf`` where they
-    differ. Returns (``match`` | ``more`` | ``differs``, end in buf, gaps, gap bytes)."""
+    differ. Returns (``match`` | ``more`` | ``differs``, i, j reached, gaps, gap bytes)."""
     gaps = gap_bytes = 0
     view = memoryview(buf)
     while i < len(pcm):
         n = min(len(pcm) - i, len(buf) - j)
         if n <= 0:
-            return "more", j, gaps, gap_bytes
+            return "more", i, j, gaps, gap_bytes
         a = np.frombuffer(pcm, np.uint8, n, i)
         b = np.frombuffer(view[j:j + n], np.uint8)
         diff = np.flatnonzero(a != b)
@@ -139,14 +151,14 @@ def _compare(buf: bytearray, j: int, pcm: bytes, i: int) -> tuple[str, int, int,
         i, j = i + k, j + k
         nonzero = np.flatnonzero(np.frombuffer(view[j:], np.uint8))
         if not len(nonzero):
-            return "more", j, gaps, gap_bytes           # silence up to now: wait
+            return "more", i, j, gaps, gap_bytes        # silence up to now: wait
         z = int(nonzero[0]) & ~1
         if z == 0:
-            return "differs", j, gaps, gap_bytes
+            return "differs", i, j, gaps, gap_bytes
         gaps += 1
         gap_bytes += z
         j += z
-    return "match", j, gaps, gap_bytes
+    return "match", i, j, gaps, gap_bytes
 
 
 def _reader(fifo: Path, checker: Checker) -> None:
@@ -204,6 +216,7 @@ def child_main(hours: float, seed: int) -> int:
     speech_s = 0.0
     target_s = hours * 3600.0
     samples: list[dict[str, float]] = []
+    stuck_at: list[dict[str, Any]] = []
     seq, sid = 1, 0
     t_start = time.monotonic()
     next_note = t_start + 30.0
@@ -248,9 +261,9 @@ def child_main(hours: float, seed: int) -> int:
                 counts["whole"] += 1
                 player.enqueue(Sentence(seq, sid, mp3s[i], "soak"))
         if ending == "whole":
-            ok = wait_for(lambda: not player.busy, 60.0)
+            ok = wait_for(lambda: not player.busy, 20.0)
         else:
-            ok = wait_for(lambda: last_key in started, 60.0)
+            ok = wait_for(lambda: last_key in started, 20.0)
             if ok:
                 cut_after = rng.uniform(0.1, 0.9) * last_duration
                 time.sleep(cut_after / speed)
@@ -266,6 +279,8 @@ def child_main(hours: float, seed: int) -> int:
                 sid += 1000                              # ids stay unique in the report
         if not ok:
             counts["stuck"] += 1
+            stuck_at.append({"key": list(last_key), "ending": ending,
+                             "speech_h": round(speech_s / 3600, 3), "busy": player.busy})
             player.stop_all("stuck")
         seq += 1 if ending == "whole" else 0
         if samples[-1]["speech_h"] + 1 / 60 <= speech_s / 3600.0:
@@ -282,8 +297,10 @@ def child_main(hours: float, seed: int) -> int:
     player.close(2.0)
     reader.join(5)
     checker.finish()
-    print(json.dumps(_summary(hours, speed, speech_s, time.monotonic() - t_start, counts,
-                              checker, samples, underruns, dropped, errors)))
+    summary = _summary(hours, speed, speech_s, time.monotonic() - t_start, counts, checker,
+                       samples, underruns, dropped, errors)
+    summary["stuck_at"] = stuck_at[:10]
+    print(json.dumps(summary))
     return 0
 
 
