@@ -117,6 +117,28 @@ def test_meter_window_and_silence() -> None:
     assert meter.frames == 2
 
 
+def test_meter_measures_per_second_the_same_as_per_frame() -> None:
+    """Frames are measured a second at a time: the levels read mid-second, across seconds
+    and odd-length frames are those of every sample, exactly."""
+    rng = np.random.default_rng(3)
+    now = [500.0]
+    meter = MicMeter(window=60, clock=lambda: now[0])
+    frames = [rng.integers(-20000, 20000, 320).astype("<i2") for _ in range(120)]
+    seen: list[np.ndarray] = []
+    for i, frame in enumerate(frames):
+        meter.add(frame.tobytes() + (b"\x07" if i % 7 == 0 else b""))   # a stray odd byte
+        seen.append(frame)
+        now[0] += 0.02
+        if i % 33 == 0:                                   # read mid-second, then go on
+            wide = np.concatenate(seen).astype(np.float64)
+            rms, peak = meter.levels()
+            assert rms == pytest.approx(20 * math.log10(math.sqrt(np.mean(wide ** 2))
+                                                        / 32768), abs=1e-9)
+            assert peak == pytest.approx(20 * math.log10(np.max(np.abs(wide)) / 32768),
+                                         abs=1e-9)
+    assert meter.frames == 120
+
+
 def test_level_tap_is_the_source_plus_a_meter() -> None:
     class Source:
         name = "fake"
