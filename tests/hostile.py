@@ -313,4 +313,7 @@ class AppHarness:
         self._stop.set()
         self._runner.join(2)
         self.app.shutdown()
+        # pygame's mixer is process-wide: the next test's player must not meet this one
+        # quitting it late
+        wait_for(lambda: not self.app.player.alive(), 5, "the player thread to end")
         assert self.key not in self.events.stream.getvalue()

@@ -129,7 +129,9 @@ class Appliance(Conversation):
     def shutdown(self) -> None:
         self._stopping.set()
         self.source.stop(0.5)
-        self.player.close(0.5)
+        # (the mixer is process-wide: a player thread outliving shutdown would quit a mixer
+        # opened since by another player, as in the bench and the tests: let it finish)
+        self.player.close(1.5)
         self.link.close(0.8)
         self._emit("state", state="stopped")
         self.effects.close(1.0)          # the event log and the LEDs have their last word
