@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import struct
 import threading
@@ -330,3 +331,29 @@ def test_the_pages_auth_error_ends_the_session_during_the_handshake() -> None:
         assert "Invalid or expired token" in gone["reason"] and gone["retry_in"] >= 0.8
         wait_for(lambda: h.app.state == "error", 5, "the error state")
         assert h.key not in json.dumps(h.app.status())
+
+
+def _thread_cpu_ticks(thread: threading.Thread) -> int:
+    """utime + stime of one thread, in clock ticks (from /proc)."""
+    fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1]
+    parts = fields.split()
+    return int(parts[11]) + int(parts[12])
+
+
+def test_the_sender_sleeps_between_sessions() -> None:
+    """While the link cannot connect (backoff), link-tx has no session: it must wait, not
+    spin (it once took 92 % of a core there)."""
+    from hostile import free_port
+    rec = LinkRecorder()
+    link = make_link(f"ws://127.0.0.1:{free_port()}/voice-ws", rec, backoff_initial=0.5,
+                     backoff_max=0.5)
+    link.start()
+    try:
+        wait_for(lambda: rec.of("disconnected"), 5, "a refused connection")
+        before, start = _thread_cpu_ticks(link._tx), time.monotonic()
+        wait_for(lambda: len(rec.of("disconnected")) >= 3, 5, "two more refusals")
+        ticks, took = _thread_cpu_ticks(link._tx) - before, time.monotonic() - start
+        hz = os.sysconf("SC_CLK_TCK")
+        assert ticks / hz < 0.2 * took, f"link-tx used {ticks / hz:.2f} s of CPU in {took:.2f} s"
+    finally:
+        link.close(1.0)

@@ -318,7 +318,10 @@ class Link:
     def _send_loop(self) -> None:
         while not self._closing.is_set():
             session = self.session
-            if session is None or not session.streaming.wait(0.05):
+            if session is None:
+                self._closing.wait(0.05)        # between sessions (backoff): nothing to send
+                continue
+            if not session.streaming.wait(0.05):
                 continue
             item = session.outbox.get(timeout=0.1)
             try:
