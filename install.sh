@@ -423,15 +423,18 @@ def closure(root):
 
 
 def debian_owner(dist):
+    # Debian ships .egg-info metadata without a file list: ask dpkg who owns the metadata.
+    meta = getattr(dist, "_path", None)
     files = [f for f in (dist.files or []) if f.suffix in (".py", ".so")]
-    if not files:
+    target = str(meta) if meta is not None else (str(dist.locate_file(files[0])) if files else "")
+    if not target:
         return ""
     try:
-        out = subprocess.run(["dpkg", "-S", str(dist.locate_file(files[0]))],
-                             capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(["dpkg", "-S", target], capture_output=True, text=True,
+                             timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
-    return out.split(":", 1)[0] if out else ""
+    return out.split(":", 1)[0].strip() if out else ""
 
 
 def origin(name, dist):
@@ -444,8 +447,11 @@ def origin(name, dist):
         return f"{kind} {dist.version} {owner or where}"
     if name == "soca-appliance":
         return f"source {dist.version} this checkout"
-    tags = [line.split(":", 1)[1].strip() for line in
-            (dist.read_text("WHEEL") or "").splitlines() if line.startswith("Tag:")]
+    wheel = dist.read_text("WHEEL")
+    if wheel is None:                   # pip's legacy "setup.py install": built from source
+        return f"source {dist.version} built here"
+    tags = [line.split(":", 1)[1].strip() for line in wheel.splitlines()
+            if line.startswith("Tag:")]
     built_here = any(t.rsplit("-", 1)[-1].startswith("linux_") for t in tags)
     return f"source {dist.version} built here" if built_here else f"wheels {dist.version}"
 
