@@ -4,7 +4,9 @@
 Owns the content of the assets folder: the simulator's answer sentences (MP3, 22.05 kHz
 mono 32 kbps, like the real server's TTS), ``manifest.json`` (the simulator's canned turns),
 the demo microphone recordings ``demo-en.wav`` / ``demo-id.wav`` (16 kHz mono PCM16, the
-user's side of the canned turns) and ``chime.wav`` (the appliance's "listening" cue).
+user's side of the canned turns), ``chime.wav`` (the appliance's "listening" cue) and the
+appliance's spoken cues ``cue-NAME-LANG.mp3`` (:data:`CUES`: "cannot reach the assistant",
+"ready"; same MP3 format as the sentences).
 
 Speech comes from a real TTS, espeak-ng (run as a subprocess); MP3 is encoded in-process
 with lameenc; resampling to 16 kHz uses soxr. The output depends only on the texts below
@@ -63,6 +65,13 @@ TURNS: dict[str, list[dict[str, object]]] = {
                    "Banyak pembaca suka cerita misteri.",
                    "Tanyakan juga di perpustakaan."]},
     ],
+}
+
+# The appliance's own spoken cues (soca_appliance.cues), in every language it speaks.
+CUES: dict[str, dict[str, str]] = {
+    "offline": {"en": "Sorry, I cannot reach the assistant right now.",
+                "id": "Maaf, asisten sedang tidak dapat dihubungi."},
+    "ready": {"en": "Ready.", "id": "Siap."},
 }
 
 CHIME_RATE = 22050
@@ -172,11 +181,28 @@ def mp3_frame_count(data: bytes) -> int:
     return count
 
 
+def write_cues(out: Path, work: Path) -> int:
+    """``cue-NAME-LANG.mp3`` for every cue and language; the bytes written."""
+    total = 0
+    for name, texts in CUES.items():
+        for lang, text in texts.items():
+            pcm = fade(espeak(text, lang, work), TTS_RATE)
+            mp3 = encode_mp3(pcm)
+            file = f"cue-{name}-{lang}.mp3"
+            (out / file).write_bytes(mp3)
+            total += len(mp3)
+            print(f"wrote {file}: {pcm.size / TTS_RATE:.2f} s speech, {len(mp3)} bytes",
+                  flush=True)
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=root / "device" / "soca_appliance" / "assets",
                         help="assets folder to write (default: %(default)s)")
+    parser.add_argument("--only", choices=("all", "cues"), default="all",
+                        help="write everything, or only the spoken cues (default: %(default)s)")
     args = parser.parse_args(argv)
     if shutil.which("espeak-ng") is None:
         print("make_assets: espeak-ng is not on PATH", file=sys.stderr)
@@ -187,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     total = 0
     with tempfile.TemporaryDirectory(prefix="soca-assets-") as tmp:
         work = Path(tmp)
+        total += write_cues(out, work)
+        if args.only == "cues":
+            print(f"done: {total} bytes in {out}", flush=True)
+            return 0
         for lang, turns in TURNS.items():
             manifest[lang] = []
             demo_parts = [np.zeros(int(DEMO_LEAD_S * MIC_RATE), dtype="<i2")]
