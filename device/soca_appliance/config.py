@@ -87,6 +87,8 @@ class Config:
     gpio: str = "auto"
     button_pin: int = 17
     long_press: float = 2.0
+    button_mode: str = "barge"          # or "push_to_talk" (hold to talk; issue 14)
+    ready_cue: bool = False             # say "ready" when first connected after boot
     leds: Leds = field(default_factory=Leds)
     web: Web = field(default_factory=Web)
     control_socket: str = "/run/soca-appliance/control.sock"
@@ -97,6 +99,7 @@ class Config:
 _CHOICES = {
     "lang": ("id", "en"),
     "duplex": ("half", "full"),
+    "button_mode": ("barge", "push_to_talk"),
     "gpio": ("auto", "mock", "off"),
     "log_format": ("text", "json"),
     "log_level": ("debug", "info", "warning", "error"),
