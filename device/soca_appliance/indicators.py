@@ -8,6 +8,7 @@ demo and the tests exercise the real gpiozero code.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
@@ -35,10 +36,18 @@ SLOW = dict(on_time=0.5, off_time=1.0)
 FAST = dict(on_time=0.1, off_time=0.1)
 
 
-def led_plan(state: str, muted: bool, rgb: bool = False) -> dict[str, Pattern]:
-    """What each LED does in ``state``: keys are ready/listening/speaking/error, or rgb."""
+HOLD_TO_TALK = Pattern("pulse", level=0.2, on_time=1.5, off_time=1.5)   # "press and hold me"
+
+
+def led_plan(state: str, muted: bool, rgb: bool = False,
+             hold_to_talk: bool = False) -> dict[str, Pattern]:
+    """What each LED does in ``state``: keys are ready/listening/speaking/error, or rgb.
+    ``hold_to_talk`` (push-to-talk mode): ready breathes slowly instead of glowing."""
     if rgb:
-        return {"rgb": _rgb_plan(state, muted)}
+        pattern = _rgb_plan(state, muted)
+        if hold_to_talk and state == "ready" and not muted:
+            pattern = dataclasses.replace(HOLD_TO_TALK, color=(0.0, 0.4, 0.0))
+        return {"rgb": pattern}
     plan = {"ready": OFF, "listening": OFF, "speaking": OFF, "error": OFF}
     if state == "connecting":
         plan["ready"] = Pattern("blink", **SLOW)
@@ -52,6 +61,8 @@ def led_plan(state: str, muted: bool, rgb: bool = False) -> dict[str, Pattern]:
         plan["speaking"] = Pattern("on", level=1.0)
     elif state == "error":
         plan["error"] = Pattern("blink", on_time=0.1, off_time=0.4)
+    if hold_to_talk and state == "ready":
+        plan["ready"] = HOLD_TO_TALK
     if muted and state != "error":
         plan["error"] = Pattern("on", level=0.3)      # privacy: a steady red glow
         plan["listening"] = OFF
@@ -86,8 +97,12 @@ class NoPanel:
 class GpioPanel:
     def __init__(self, leds: Leds, button_pin: Optional[int], long_press: float,
                  on_press: Callable[[], None], on_long_press: Callable[[], None],
-                 pin_factory: Any = None) -> None:
+                 pin_factory: Any = None, on_down: Optional[Callable[[], None]] = None,
+                 on_up: Optional[Callable[[], None]] = None) -> None:
+        """``on_down``/``on_up`` (push-to-talk): the button's press and release as they
+        happen, instead of short and long presses."""
         from gpiozero import Button
+        self.hold_to_talk = on_down is not None
         self.factory = pin_factory
         self.rgb = bool(leds.rgb)
         self.pins: dict[str, Any] = {}
@@ -107,8 +122,12 @@ class GpioPanel:
                                      hold_time=long_press, pin_factory=pin_factory)
                 self._devices.append(self.button)
                 self._held = False
-                self.button.when_held = self._on_held
-                self.button.when_released = self._on_released
+                if on_down is not None:
+                    self.button.when_pressed = on_down
+                    self.button.when_released = on_up
+                else:
+                    self.button.when_held = self._on_held
+                    self.button.when_released = self._on_released
         except Exception:
             self.close()
             raise
@@ -149,7 +168,7 @@ class GpioPanel:
     def show(self, state: str, muted: bool) -> None:
         if not self._devices:
             return          # closed: a late callback from a worker thread changes nothing
-        for role, pattern in led_plan(state, muted, self.rgb).items():
+        for role, pattern in led_plan(state, muted, self.rgb, self.hold_to_talk).items():
             device = self.pins.get(role)
             if device is None:
                 continue
@@ -191,8 +210,11 @@ def _apply(device: Any, p: Pattern, rgb: bool, pwm: bool) -> None:
 
 
 def make_panel(mode: str, leds: Leds, button_pin: Optional[int], long_press: float,
-               on_press: Callable[[], None], on_long_press: Callable[[], None]) -> Any:
+               on_press: Callable[[], None], on_long_press: Callable[[], None],
+               on_down: Optional[Callable[[], None]] = None,
+               on_up: Optional[Callable[[], None]] = None) -> Any:
     """``off``: none. ``mock``: gpiozero's MockFactory. ``auto``: the Pi's pins, or none.
+    ``on_down``/``on_up``: push-to-talk (see :class:`GpioPanel`).
 
     With ``auto``, no GPIO off a Raspberry Pi is normal (an info line). On a Pi, or when a pin
     factory loaded but a pin was refused (bad or busy pin), the appliance runs without its
@@ -210,7 +232,8 @@ def make_panel(mode: str, leds: Leds, button_pin: Optional[int], long_press: flo
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            panel = GpioPanel(leds, button_pin, long_press, on_press, on_long_press, factory)
+            panel = GpioPanel(leds, button_pin, long_press, on_press, on_long_press, factory,
+                              on_down, on_up)
         except Exception as exc:  # noqa: BLE001 - gpiozero raises many kinds off a Pi
             if mode == "mock":
                 raise
