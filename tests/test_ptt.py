@@ -125,3 +125,57 @@ def test_press_classifier_a_long_first_press_is_no_double() -> None:
     c.down(0.0)
     c.up(0.5)                                   # spoke half a second
     assert c.down(0.6) == "talk"
+
+
+# --- the LEDs and the button's press and release on gpiozero's mock pins -------------------
+
+import threading  # noqa: E402
+
+import pytest  # noqa: E402
+
+from soca_appliance.config import Leds  # noqa: E402
+from soca_appliance.indicators import (HOLD_TO_TALK, STATES, GpioPanel, led_plan,  # noqa: E402
+                                       make_panel)
+
+DISCRETE = Leds(ready=5, listening=6, speaking=13, error=19)
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_hold_to_talk_shows_only_in_ready(rgb: bool) -> None:
+    for state in STATES:
+        for muted in (False, True):
+            plain, ptt = led_plan(state, muted, rgb), led_plan(state, muted, rgb, True)
+            if state == "ready" and not (rgb and muted):
+                assert ptt != plain, (state, muted)
+            else:
+                assert ptt == plain, (state, muted)
+    ready = led_plan("ready", False, rgb, True)
+    pattern = ready["rgb"] if rgb else ready["ready"]
+    assert pattern.kind == "pulse" and pattern.on_time == HOLD_TO_TALK.on_time
+    # not to be taken for connecting (a blink) or listening (a fast pulse)
+    assert led_plan("connecting", False, rgb, True) != ready
+    assert led_plan("listening", False, rgb, True) != ready
+
+
+def test_push_to_talk_panel_reports_press_and_release() -> None:
+    calls: list[str] = []
+    down, up = threading.Event(), threading.Event()
+    p = make_panel("mock", DISCRETE, 17, 0.05, lambda: calls.append("press"),
+                   lambda: calls.append("long"),
+                   on_down=lambda: (calls.append("down"), down.set()),
+                   on_up=lambda: (calls.append("up"), up.set()))
+    assert isinstance(p, GpioPanel) and p.hold_to_talk
+    try:
+        pin = p.button.pin
+        pin.drive_low()
+        assert down.wait(2)
+        # held six times as long as long_press (a negative check is bounded in time):
+        # no long press in this mode
+        assert not threading.Event().wait(0.3) and calls == ["down"]
+        pin.drive_high()
+        assert up.wait(2)
+        assert calls == ["down", "up"]
+        p.show("ready", False)
+        assert p.pins["ready"]._blink_thread is not None        # breathing: "hold to talk"
+    finally:
+        p.close()
