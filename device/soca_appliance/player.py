@@ -137,6 +137,7 @@ class Player:
         self._pending = bytearray()     # decoded PCM of the current item not yet queued
         self._ends_at = 0.0             # when what the channel holds should have played
         self._quiet_since = float("-inf")     # nothing has played yet
+        self._cue_until = float("-inf")       # when the spoken cue playing ends
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="player", daemon=True)
@@ -194,10 +195,16 @@ class Player:
     def stop_all(self, reason: str) -> list[Sentence]:
         return self._stop(lambda s: True, reason)
 
-    def play_cue(self, wav_or_mp3: bytes) -> bool:
-        """A short sound (the button's chime) on its own channel, not through the queue."""
+    def play_cue(self, wav_or_mp3: bytes, speech: bool = False) -> bool:
+        """A short sound (the button's chime) on its own channel, not through the queue.
+
+        ``speech``: a spoken cue (:mod:`.cues`). It never plays over the agent: refused
+        while a sentence plays or is queued, cut when one starts; and :meth:`quiet_for`
+        counts it as speech, so half duplex keeps it off the uplink."""
         with self._cond:
             if self.info is None or self._closed:
+                return False
+            if speech and (self._current is not None or self._queue):
                 return False
             try:
                 sound = pygame.mixer.Sound(file=io.BytesIO(wav_or_mp3))
@@ -205,6 +212,8 @@ class Player:
             except Exception as exc:  # noqa: BLE001 - a cue must never raise into a caller
                 log.warning("cue sound could not play: %s", exc)
                 return False
+            if speech:
+                self._cue_until = time.monotonic() + sound.get_length() / self.speed
         return True
 
     @property
@@ -213,11 +222,12 @@ class Player:
             return self._current is not None or bool(self._queue)
 
     def quiet_for(self) -> float:
-        """Seconds since the speaker last played speech (0 while it plays)."""
+        """Seconds since the speaker last played speech or a spoken cue (0 while it plays)."""
         with self._cond:
             if self._current is not None and self._current.started:
                 return 0.0
-            return time.monotonic() - self._quiet_since
+            now = time.monotonic()
+            return max(0.0, now - max(self._quiet_since, self._cue_until))
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -408,6 +418,9 @@ class Player:
             channel.play(sound)
             self._ends_at = now
             self._refilling = False
+            if self._cue_until > now:       # the agent wins over a spoken cue
+                pygame.mixer.Channel(CUE_CHANNEL).stop()
+                self._cue_until = now
         self._ends_at = max(self._ends_at, now) + sound.get_length() / self.speed
         self._pending.clear()
         first = not item.started
