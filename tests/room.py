@@ -94,7 +94,7 @@ class Scene:
         self.room: Optional[RoomProcess] = None
         self.app: Optional[subprocess.Popen[str]] = None
         self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.stderr = work / "appliance.err"
 
     # --- life cycle -------------------------------------------------------------------
@@ -184,6 +184,13 @@ class Scene:
                                      f"for {what}: {self.stderr.read_text()[-2000:]}")
             time.sleep(0.02)
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+    def count(self, name: str) -> int:
+        return len(self.events_of(name))
+
+    def wait_count(self, name: str, more_than: int, timeout: float) -> None:
+        self.wait_event(lambda e: self.count(name) > more_than, timeout,
+                        f"more than {more_than} {name} events")
 
     def log_lines(self) -> list[str]:
         return [str(e.get("message", "")) for e in self.events_of("log")]

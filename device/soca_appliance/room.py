@@ -175,7 +175,11 @@ class PulseRig:
         runtime.mkdir(mode=0o700)
         self.env = {**os.environ, "HOME": str(self.dir), "XDG_RUNTIME_DIR": str(runtime),
                     "PULSE_SERVER": f"unix:{self.socket}", "PULSE_SINK": "speaker",
-                    "PULSE_SOURCE": "mic.monitor", "SDL_AUDIODRIVER": "pulse"}
+                    "PULSE_SOURCE": "mic.monitor", "SDL_AUDIODRIVER": "pulse",
+                    # A fixed 60 ms for SDL's stream: with the small buffer SDL asks for, a
+                    # busy machine underruns and the server raises the latency step by step
+                    # (measured: 250 -> 500 ms in a minute at load 6 on 2 cores).
+                    "PULSE_LATENCY_MSEC": "60"}
 
     def start(self, timeout: float = 10.0) -> "PulseRig":
         script = self.dir / "room.pa"
@@ -248,7 +252,7 @@ class RoomProcess:
     returns its start in the room's clock (seconds); :attr:`quiet_at` lists when the
     speaker went quiet (same clock)."""
 
-    def __init__(self, rig: PulseRig, settings: RoomSettings, latency_ms: int = 20) -> None:
+    def __init__(self, rig: PulseRig, settings: RoomSettings, latency_ms: int = 60) -> None:
         args = [sys.executable, "-m", "soca_appliance.room", "--echo-gain", str(settings.echo_gain),
                 "--delay-ms", str(settings.delay_ms), "--rt60", str(settings.rt60),
                 "--noise-dbfs", str(settings.noise_dbfs), "--drift", str(settings.drift),
@@ -328,7 +332,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rt60", type=float, default=0.3)
     p.add_argument("--noise-dbfs", type=float, default=-65.0)
     p.add_argument("--drift", type=float, default=0.0)
-    p.add_argument("--latency-ms", type=int, default=20)
+    p.add_argument("--latency-ms", type=int, default=60)
     a = p.parse_args(argv)
     room = Room(RoomSettings(echo_gain=a.echo_gain, delay_ms=a.delay_ms, rt60=a.rt60,
                              noise_dbfs=a.noise_dbfs, drift=a.drift))

@@ -1,0 +1,236 @@
+"""The echo canceller's pure parts: the mic's sample clock, the far-end reference placed on
+it, the ducking decision and the lag estimate. No devices, no threads, no binding.
+
+The reference is the mixer's own output (every buffer SDL_mixer mixes, silence included,
+taken by a post-mix tap), resampled to 16 kHz and laid end to end on the mic's sample
+clock from where the first buffer was mixed. Laid end to end, it keeps one lag to its echo
+for as long as the mixer runs: pieces placed one by one by the clock instead land up to a
+mixer buffer off each time a sentence starts afresh (SDL starts a sound at its next buffer),
+and AEC3 re-learns every such jump while residual echo passes as speech (measured). The
+buffers' own mixing times only steer the stream when they disagree with it for a while: a
+little for a drifting clock, all at once when the mixer restarted.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Optional
+
+import numpy as np
+import soxr
+
+RATE = 16000                      # the canceller, the reference and the uplink
+DUCK_GAIN = 10 ** (-12 / 20)      # -12 dB
+
+
+class MicClock:
+    """Maps time.monotonic() to the microphone's sample index.
+
+    Each frame says "the sample before index ``end`` had arrived by ``t``". Arrival is late
+    by a variable amount, never early, so the smallest ``t - end/rate`` over a window is the
+    best offset; the window (10 s) lets the estimate follow a drifting clock.
+    """
+
+    def __init__(self, rate: int = RATE, window_s: float = 10.0, block_s: float = 1.0) -> None:
+        self.rate = rate
+        self._block_s = block_s
+        self._blocks: deque[float] = deque(maxlen=max(1, int(window_s / block_s)))
+        self._block_start: Optional[float] = None
+        self._block_min = float("inf")
+        self.end = 0                  # samples delivered so far
+
+    def observe(self, end: int, t: float) -> None:
+        self.end = end
+        offset = t - end / self.rate
+        if self._block_start is None or t - self._block_start >= self._block_s:
+            if self._block_start is not None:
+                self._blocks.append(self._block_min)
+            self._block_start, self._block_min = t, offset
+        else:
+            self._block_min = min(self._block_min, offset)
+
+    @property
+    def ready(self) -> bool:
+        return self._block_start is not None
+
+    def offset(self) -> float:
+        return min([self._block_min, *self._blocks])
+
+    def index_at(self, t: float) -> int:
+        """The mic sample being captured at ``t`` (best estimate)."""
+        if not self.ready:
+            return self.end
+        return int(round((t - self.offset()) * self.rate))
+
+
+def to_reference(pcm: bytes, rate: int, channels: int) -> np.ndarray:
+    """Mixer PCM (s16le, any rate/channels) as 16 kHz mono float32 (full scale 32768)."""
+    samples = np.frombuffer(pcm[:len(pcm) - len(pcm) % (2 * channels)], dtype="<i2")
+    audio = samples.astype(np.float32)
+    if channels > 1:
+        audio = audio.reshape(-1, channels).mean(axis=1)
+    if rate != RATE and audio.size:
+        audio = soxr.resample(audio, rate, RATE).astype(np.float32)
+    return audio
+
+
+class ReferenceRing:
+    """What the speaker will play, by mic sample index: a bounded list of segments that
+    overlap freely; reads return silence where nothing plays."""
+
+    def __init__(self, max_segments: int = 256) -> None:
+        self._segments: deque[tuple[int, np.ndarray]] = deque(maxlen=max_segments)
+        self.written = 0              # samples written, for reports and tests
+        self.late = 0                 # samples written behind the read position (lost)
+        self._read = 0
+
+    def tail(self) -> int:
+        """Index just after the last sample of the last segment (0 when empty)."""
+        return max((start + len(seg) for start, seg in self._segments), default=0)
+
+    def write(self, start: int, samples: np.ndarray) -> int:
+        """Put ``samples`` at ``start`` (never behind the reader). Returns where."""
+        if start < self._read:                   # the mic is past it already
+            skip = min(len(samples), self._read - start)
+            self.late += skip
+            samples, start = samples[skip:], start + skip
+        if len(samples):
+            self._segments.append((start, np.asarray(samples, dtype=np.float32).copy()))
+            self.written += len(samples)
+        return start
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """Samples [start, start+n) as int16; drops segments that are over."""
+        out = np.zeros(n, dtype=np.float32)
+        end = start + n
+        for s, seg in self._segments:
+            a, b = max(start, s), min(end, s + len(seg))
+            if a < b:
+                out[a - start:b - start] += seg[a - s:b - s]
+        self._read = max(self._read, end)
+        while self._segments and self._segments[0][0] + len(self._segments[0][1]) <= self._read:
+            self._segments.popleft()
+        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+
+class ReferenceStream:
+    """The mixer's output, buffer by buffer, laid end to end on the mic's sample clock."""
+
+    def __init__(self, ring: ReferenceRing, rate: int, channels: int,
+                 reanchor_s: float = 0.03, window: int = 64) -> None:
+        self.ring = ring
+        self.rate, self.channels = rate, channels
+        # One stream for the mixer's life: its output is aligned with its input (soxr
+        # takes its own delay out), so output sample j belongs at anchor + j.
+        self._resampler = (soxr.ResampleStream(rate, RATE, 1, dtype="float32")
+                           if rate != RATE else None)
+        self._anchor: Optional[float] = None    # mic index of the mixer's first sample
+        self._in = 0                            # mixer samples taken
+        self._out = 0                           # reference samples written
+        self._ahead: deque[float] = deque(maxlen=window)   # clock's place minus ours
+        self.reanchor = reanchor_s * RATE
+        self.anchors = 0
+
+    def shift(self, samples: int) -> None:
+        if self._anchor is not None:
+            self._anchor += samples
+
+    def push(self, pcm: bytes, mixed_at_index: int) -> None:
+        """One mixed buffer; ``mixed_at_index``: the mic index when it was mixed."""
+        samples = np.frombuffer(pcm[:len(pcm) - len(pcm) % (2 * self.channels)], dtype="<i2")
+        audio = samples.astype(np.float32)
+        if self.channels > 1:
+            audio = audio.reshape(-1, self.channels).mean(axis=1)
+        if self._anchor is None:
+            self._anchor = float(mixed_at_index)
+            self.anchors += 1
+        # Every window: follow the clock by the least difference (a buffer mixed late by
+        # the GIL or the scheduler says so; one mixed early cannot be), which tracks a
+        # drifting output clock a few samples at a time, as AEC3 takes in its stride; a
+        # jump of more than ``reanchor_s`` is the mixer restarting or stalling.
+        self._ahead.append(mixed_at_index - (self._anchor + self._in * RATE / self.rate))
+        if len(self._ahead) == self._ahead.maxlen:
+            least = min(self._ahead)
+            self._anchor += least
+            self._ahead.clear()
+            if abs(least) > self.reanchor:
+                self.anchors += 1
+        self._in += len(audio)
+        if self._resampler is not None:
+            audio = self._resampler.resample_chunk(audio)
+        if len(audio):
+            self.ring.write(int(round(self._anchor)) + self._out, audio)
+            self._out += len(audio)
+
+
+class Ducker:
+    """Local talk-over detection: duck the agent at once, restore if no barge follows.
+
+    Feed one voiced/unvoiced verdict per frame of the cleaned mic. While the agent plays
+    and ``need`` of the last ``window`` frames are voiced, the volume drops to ``gain``;
+    after ``hold_s`` without a barge (the server's decision) it comes back, and does not
+    duck again until the talk-over has stopped and starts anew. Pure: no clock, no I/O.
+    """
+
+    def __init__(self, frame_ms: int = 20, window: int = 10, need: int = 5,
+                 hold_s: float = 1.5, gain: float = DUCK_GAIN) -> None:
+        self._recent: deque[bool] = deque(maxlen=window)
+        self.need = need
+        self.hold_frames = max(1, int(round(hold_s * 1000 / frame_ms)))
+        self.gain = gain
+        self.ducked = False
+        self._ducked_for = 0
+        self._spent = False           # restored after a talk-over that goes on
+        self.ducks = 0
+
+    def update(self, voiced: bool, agent_playing: bool) -> Optional[float]:
+        """The new volume when it must change, else None."""
+        self._recent.append(voiced and agent_playing)
+        talk_over = sum(self._recent) >= self.need
+        if not agent_playing:
+            self._recent.clear()
+            self._spent = False
+            if self.ducked:
+                self.ducked = False
+                return 1.0
+            return None
+        if not self.ducked:
+            if not talk_over:
+                self._spent = False
+            elif not self._spent:
+                self.ducked, self._ducked_for = True, 0
+                self.ducks += 1
+                return self.gain
+            return None
+        self._ducked_for += 1
+        if self._ducked_for >= self.hold_frames:
+            self.ducked, self._spent = False, talk_over
+            return 1.0
+        return None
+
+
+def estimate_lag(near: np.ndarray, far: np.ndarray, lo: int, hi: int) -> tuple[int, float]:
+    """The lag L in [lo, hi] at which ``near[i]`` best matches ``far[i - L]`` (both arrays
+    cover the same sample indices), and the normalised correlation there (0..1).
+
+    The peak is found on the phase transform of the cross-spectrum (GCC-PHAT, in the
+    speech band): plain correlation of speech through a band-limited speaker peaks too
+    broadly to tell a delay to the millisecond.
+    """
+    x = np.asarray(near, dtype=np.float64)
+    y = np.asarray(far, dtype=np.float64)
+    size = 1 << int(np.ceil(np.log2(len(x) + len(y))))
+    cross = np.fft.rfft(x, size) * np.conj(np.fft.rfft(y, size))
+    plain = np.fft.irfft(cross, size)
+    freqs = np.fft.rfftfreq(size, 1.0 / RATE)
+    band = (freqs > 150.0) & (freqs < 7000.0)
+    mag = np.abs(cross)
+    phat = np.where(band, cross / np.maximum(mag, 1e-9 * (mag.max() or 1.0)), 0.0)
+    sharp = np.fft.irfft(phat, size)
+    lo, hi = max(0, lo), max(lo, min(hi, len(x) - 1))
+    if not len(sharp[lo:hi + 1]):
+        return lo, 0.0
+    lag = lo + int(np.argmax(sharp[lo:hi + 1]))
+    e_far = float(np.sum(y[:len(y) - lag] ** 2))
+    e_near = float(np.sum(x[lag:] ** 2))
+    score = abs(float(plain[lag])) / np.sqrt(e_far * e_near) if e_far > 0 and e_near > 0 else 0.0
+    return lag, score
