@@ -22,7 +22,9 @@ Phases, per run (``--runs N``):
   every 20 ms, i.e. what this machine's scheduler alone does to a waking thread.
 
 ``--minutes N`` runs a soak instead: the appliance for N minutes with a spoken turn about
-every 11 s, sampling RSS, threads and open file descriptors. ``--compare-progressive``
+every 11 s, sampling RSS, threads and open file descriptors. ``--soak-hours N`` runs the
+player soak instead (:mod:`.player_soak`): N hours of agent speech through the real player
+on SDL's disk driver, about 20x faster than real time, every sentence found in the output. ``--compare-progressive``
 adds time to first audio with ``progressive_playback`` off and on.
 
 Nothing here changes the appliance: the bench wraps callbacks and listens. See
@@ -45,6 +47,7 @@ from .procfs import (machine_info, proc_cpu_s, proc_fds, proc_memory, proc_statu
                      proc_tasks_cpu, system_cpu, threads_cpu_pct)
 from .progressive import has_progressive, run_progressive
 from .report import build_report, render_table
+from .player_soak import run_player_soak
 from .soak import run_soak, soak_wav
 
 __all__ = ["ASSETS", "FRAME_S", "KEY", "PROG", "SEQ_BASE", "SOAK_GAP_S", "SPEECH_WAV",
@@ -52,5 +55,6 @@ __all__ = ["ASSETS", "FRAME_S", "KEY", "PROG", "SEQ_BASE", "SOAK_GAP_S", "SPEECH
            "build_report", "control_probe", "has_progressive", "jitter", "machine_info",
            "main", "measure_startup", "median", "percentile", "probe_main", "proc_cpu_s",
            "proc_fds", "proc_memory", "proc_status", "proc_tasks_cpu", "progress",
-           "render_table", "run_in_process", "run_progressive", "run_soak", "run_subprocess",
+           "render_table", "run_in_process", "run_player_soak", "run_progressive", "run_soak",
+           "run_subprocess",
            "soak_wav", "summary", "system_cpu", "threads_cpu_pct"]
