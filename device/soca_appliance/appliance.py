@@ -27,12 +27,14 @@ from .assembler import Assembler, Sentence
 from .config import Config
 from .conversation import Conversation
 from .counters import Counters, SentenceBudget
+from .cues import Cues
 from .effects import Effects, WarningLimiter
 from .events import EventLog
 from .framing import Frame
 from .indicators import make_panel
 from .link import Link, LinkCallbacks, LinkSettings
 from .player import OutputInfo, Player, PlayerCallbacks
+from .ptt import PushToTalk
 from .turn import Turn
 from .vad import VadGate
 
@@ -92,9 +94,12 @@ class Appliance(Conversation):
             LinkCallbacks(on_connecting=self._connecting, on_session_start=self._session_start,
                           on_connected=self._connected, on_disconnected=self._disconnected,
                           on_message=self.handle, on_bad_message=self._bad_message))
+        # issue 14: push-to-talk (ptt.py) and the spoken cues (cues.py)
+        self.ptt = PushToTalk(cfg.frame_ms) if cfg.button_mode == "push_to_talk" else None
+        self.cues = Cues(cfg.lang, cfg.ready_cue, self.player)
         self.panel = panel if panel is not None else make_panel(
             cfg.gpio, cfg.leds, cfg.button_pin, cfg.long_press, self.button_press,
-            self.long_press)
+            self.long_press, *((self.ptt_down, self.ptt_up) if self.ptt else ()))
         if hasattr(source, "on_error"):          # the microphone reports loss and return
             source.on_error = self.mic_error
             source.on_recover = self.mic_recovered
@@ -159,6 +164,7 @@ class Appliance(Conversation):
             return {"state": self.state, "connected": self.link.streaming,
                     "session_id": self.link.session_id, "seq": self.assembler.current_seq,
                     "muted": self.muted, "faults": sorted(self._faults),
+                    "button_mode": self.cfg.button_mode,
                     "counters": {**self.counters.snapshot(),
                                  "frames_sent": stats.frames_sent,
                                  "frames_dropped_not_ready": stats.frames_dropped_not_ready,
@@ -205,26 +211,31 @@ class Appliance(Conversation):
 
     def on_frame(self, frame: Frame) -> None:
         self.counters.add("frames_captured")
-        if self._gate_reset.is_set() and self.gate is not None:
+        gate = self.ptt.gate if self.ptt is not None else self.gate
+        if self._gate_reset.is_set() and gate is not None:
             self._gate_reset.clear()
-            self.gate.reset()            # a new session: no utterance is in progress
+            gate.reset()                 # a new session: no utterance is in progress
         if self.muted:
             self.counters.add("frames_muted")
             return
-        if self.cfg.duplex == "half" and self.player.quiet_for() < HALF_DUPLEX_SETTLE_S:
+        if (self.cfg.duplex == "half" and self.player.quiet_for() < HALF_DUPLEX_SETTLE_S
+                and not (self.ptt is not None and self.ptt.gate.pressed)):
+            # (push-to-talk: a held button is the user talking, the agent was barged)
             # The agent is talking: send silence, so the stream stays continuous but the
             # agent cannot hear (and barge on) its own voice.
             frame = Frame(bytes(len(frame.pcm)), frame.t_capture, frame.index)
             self.counters.add("frames_silenced")
-        if self.gate is None:
+        if gate is None:
             self.link.send_audio(frame)
             return
-        result = self.gate.process(frame)
+        result = gate.process(frame)
         if result.started:
             self.counters.add("utterances")
             with self._lock:
                 if self.turn.phase in ("ready", "thinking"):
                     self._set("listening")
+            if self.ptt is None:
+                self.cues.speech_started(self.state)     # offline? say so (rate-limited)
         for item in result.send:
             self.link.send_audio(item)
         if result.ended:
@@ -254,6 +265,7 @@ class Appliance(Conversation):
             if self.turn.phase == "connecting":       # a greeting may be playing already
                 self.turn.phase = "ready"
             self._show()
+        self.cues.connected()                          # the optional "ready" cue
 
     def _disconnected(self, code: Optional[int], reason: str, retry_in: float,
                       auth: bool) -> None:
@@ -326,8 +338,9 @@ class Appliance(Conversation):
     def button_press(self) -> None:
         self.press(source="button")
 
-    def press(self, source: str = "button") -> str:
-        """A short press: interrupt the agent, or a chime when there is nothing to stop."""
+    def press(self, source: str = "button", chime: bool = True) -> str:
+        """A short press: interrupt the agent, or a chime when there is nothing to stop
+        (the button, offline or in error: the offline cue instead, see cues.py)."""
         with self._lock:
             barge = self.player.busy or self.turn.phase in ("speaking", "thinking")
             if barge:
@@ -343,8 +356,25 @@ class Appliance(Conversation):
         self.effects.flush(FLUSH_S)
         if barge:
             return "barged"
+        if source == "button" and self.cues.speech_started(self.state):
+            return "offline"
+        if not chime:
+            return "idle"
         self.player.play_cue(self._chime)
         return "chime"
+
+    def ptt_down(self) -> None:
+        """Push-to-talk: the button went down. It barges the agent (the press's own path)
+        and the gate opens; the second of two taps toggles mute instead."""
+        assert self.ptt is not None
+        if self.ptt.down(time.monotonic()) == "double":
+            self.long_press()
+            return
+        self.press(source="button", chime=False)
+
+    def ptt_up(self) -> None:
+        assert self.ptt is not None
+        self.ptt.up(time.monotonic())       # the capture thread sends stop after the last frame
 
     def long_press(self) -> None:
         self.set_muted(not self.muted)
@@ -354,8 +384,9 @@ class Appliance(Conversation):
             if muted == self.muted:
                 return
             self.muted = muted
-            if muted and self.gate is not None and self.gate.active:
-                self.gate.reset()           # the utterance ends here: let the server know
+            gate = self.ptt.gate if self.ptt is not None else self.gate
+            if muted and gate is not None and gate.active:
+                gate.reset()                # the utterance ends here: let the server know
                 self.link.send_control(protocol.stop_message())   # after its queued audio
             self._emit("mute", muted=muted)
             self._show()                    # the privacy glow, same state

@@ -11,8 +11,11 @@ reads the bundled MP3s (``assets/cue-NAME-LANG.mp3``, made by ``scripts/make_ass
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, Callable
 
 log = logging.getLogger("soca.cues")
 
@@ -56,3 +59,38 @@ def load_cues(lang: str) -> dict[str, bytes]:
         except OSError as exc:
             log.warning("spoken cue %r (%s) is missing from the package: %s", name, lang, exc)
     return cues
+
+
+class Cues:
+    """The appliance's own voice: the policy, its language's cues, and the player that
+    says them (as spoken cues: never over the agent, off the uplink in half duplex).
+    Called from the source, button and link threads, never under the orchestrator's lock
+    (playing is I/O)."""
+
+    def __init__(self, lang: str, ready_cue: bool, player: Any,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = CuePolicy(ready_cue=ready_cue)
+        self.player = player
+        self._clock = clock
+        self._mp3 = load_cues(lang)
+        self._lock = threading.Lock()
+        self.played: dict[str, int] = dict.fromkeys(CUE_NAMES, 0)
+
+    def speech_started(self, state: str) -> bool:
+        """Someone started speaking in ``state``: True when the offline cue plays."""
+        with self._lock:
+            name = self.policy.speech_started(self._clock(), state, self.player.busy)
+        return name is not None and self._play(name)
+
+    def connected(self) -> bool:
+        with self._lock:
+            name = self.policy.connected(self.player.busy)
+        return name is not None and self._play(name)
+
+    def _play(self, name: str) -> bool:
+        data = self._mp3.get(name)
+        if data is None or not self.player.play_cue(data, speech=True):
+            return False
+        self.played[name] += 1
+        log.info("spoken cue: %s", name)
+        return True

@@ -117,3 +117,23 @@ class PressClassifier:
             return "none"
         self._tap_ended = now if tap else None
         return "release"
+
+
+class PushToTalk:
+    """What the orchestrator holds in push-to-talk mode: the gate and the classifier,
+    driven by the button's press and release (``now`` from the caller's clock)."""
+
+    def __init__(self, frame_ms: int = 20) -> None:
+        self.gate = PttGate(frame_ms)
+        self.presses = PressClassifier()
+
+    def down(self, now: float) -> str:
+        """``"talk"`` (the gate opens once the press outlasts a tap) or ``"double"``."""
+        action = self.presses.down(now)
+        if action == "talk":
+            self.gate.press()
+        return action
+
+    def up(self, now: float) -> str:
+        self.gate.release()
+        return self.presses.up(now)
