@@ -179,3 +179,147 @@ def test_push_to_talk_panel_reports_press_and_release() -> None:
         assert p.pins["ready"]._blink_thread is not None        # breathing: "hold to talk"
     finally:
         p.close()
+
+
+# --- the whole appliance, holding the mock button ------------------------------------------
+
+import io  # noqa: E402
+import time  # noqa: E402
+import wave  # noqa: E402
+from typing import Any, Callable, Optional  # noqa: E402
+
+from soca_appliance import config  # noqa: E402
+from soca_appliance.appliance import Appliance  # noqa: E402
+from soca_appliance.events import EventLog  # noqa: E402
+from soca_appliance.simulator import Simulator  # noqa: E402
+
+from conftest import ASSETS, wait_for  # noqa: E402
+from servers import RecordingServer  # noqa: E402
+
+KEY = "sk-test-0123456789abcdef"
+FRAME_S = FRAME_MS / 1000
+
+
+class HandSource:
+    """A microphone the test speaks into: each :meth:`say` hands frames to the appliance
+    from the test's own thread, paced like a real mic (one frame per 20 ms)."""
+    name = "hand"
+
+    def __init__(self) -> None:
+        self.on_frame: Optional[Callable[[Frame], None]] = None
+        self.index = 0
+
+    def start(self, on_frame: Callable[[Frame], None]) -> None:
+        self.on_frame = on_frame
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self.on_frame = None
+
+    def say(self, pcms: list[bytes]) -> None:
+        t0 = time.monotonic()
+        for n, pcm in enumerate(pcms):
+            delay = t0 + n * FRAME_S - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)           # the mic's pace, not a wait for a result
+            assert self.on_frame is not None
+            self.on_frame(Frame(pcm, time.monotonic(), self.index))
+            self.index += 1
+
+
+class App:
+    def __init__(self, url: str, **overrides: Any) -> None:
+        values = dict(url=url, agent_id="agent-1", lang="en", gpio="mock", duplex="full",
+                      button_mode="push_to_talk", backoff_initial=0.1, backoff_max=0.5,
+                      log_format="json")
+        values.update(overrides)
+        self.cfg = config.load(None, env={}, overrides=values)
+        self.records: list[dict[str, Any]] = []
+        self.events = EventLog("json", stream=io.StringIO())
+        self.events.subscribe(self.records.append)
+        self.source = HandSource()
+        self.app = Appliance(self.cfg, events=self.events, source=self.source,
+                             private_key=KEY)
+        self.pin = self.app.panel.button.pin
+
+    def of(self, name: str, **match: Any) -> list[dict[str, Any]]:
+        return [r for r in list(self.records) if r["event"] == name
+                and all(r.get(k) == v for k, v in match.items())]
+
+    def __enter__(self) -> "App":
+        self.app.start()
+        wait_for(lambda: self.app.link.streaming, 10, "the link to stream")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.app.shutdown()
+
+
+def numbered(start: int, count: int) -> list[bytes]:
+    return [frame(i).pcm for i in range(start, start + count)]
+
+
+def test_only_the_held_span_reaches_the_server_then_stop() -> None:
+    with RecordingServer() as server, App(server.url) as a:
+        assert a.app.panel.hold_to_talk and a.app.status()["button_mode"] == "push_to_talk"
+        a.source.say(numbered(0, 50))                     # nobody holds the button
+        a.pin.drive_low()
+        a.source.say(numbered(50, 60))
+        a.pin.drive_high()
+        a.source.say(numbered(110, 30))
+        wait_for(lambda: server.texts(), 5, "the stop")
+        wait_for(lambda: len(server.frames()) >= 60 + PRE, 5, "the held frames")
+        sent = [pcm for _, pcm in server.frames()]
+        assert sent == numbered(50 - PRE, 60 + PRE)       # the pre-roll and the held span
+        assert server.texts() == [{"type": "stop"}]
+        # the stop came after the last frame: the next press's frames come after it
+        a.pin.drive_low()
+        a.source.say(numbered(140, TAP + 5))
+        a.pin.drive_high()
+        a.source.say(numbered(200, 2))
+        wait_for(lambda: len(server.texts()) == 2, 5, "the second stop")
+        assert [pcm for _, pcm in server.frames()][60 + PRE:] == numbered(140 - PRE, PRE + TAP + 5)
+        assert a.app.counters.snapshot()["utterances"] == 2
+
+
+def demo_frames() -> list[bytes]:
+    with wave.open(str(ASSETS / "demo-en.wav"), "rb") as wav:
+        pcm = wav.readframes(wav.getnframes())
+    return [pcm[i:i + 640] for i in range(0, len(pcm) - 639, 640)]
+
+
+def test_hold_to_talk_against_the_simulator_barge_and_double_press() -> None:
+    frames = demo_frames()
+    first = frames[:int(2.74 / FRAME_S)]          # lead silence, then the first question
+    with Simulator(expected_key=KEY) as sim, App(sim.url) as a:
+        a.source.say(first[:10])
+        a.pin.drive_low()
+        a.source.say(first[10:])                  # released right as the question ends:
+        a.pin.drive_high()                        # only the stop can end the utterance
+        a.source.say([bytes(640)] * 5)
+        wait_for(lambda: a.of("transcript", final=True), 10, "the final transcript")
+        assert a.of("transcript", final=True)[0]["text"] == "Hello, what is the weather like today?"
+        stats = sim.stats()
+        assert stats["stops_received"] == 1 and stats["frames_received"] == len(first)
+        # The agent answers; a press barges it at once and the held question goes up.
+        wait_for(lambda: a.of("sentence.play"), 15, "the answer to play")
+        a.pin.drive_low()
+        wait_for(lambda: a.of("barge", source="button"), 5, "the button's barge")
+        a.source.say(first)
+        a.pin.drive_high()
+        a.source.say([bytes(640)] * 5)
+        wait_for(lambda: len(a.of("transcript", final=True)) == 2, 10, "the second final")
+        assert sim.stats()["stops_received"] == 2
+        # Two taps: mute (the long press of barge mode); a hold while muted sends nothing.
+        received = sim.stats()["frames_received"]
+        for _ in range(2):
+            a.pin.drive_low()
+            a.source.say([bytes(640)] * 3)
+            a.pin.drive_high()
+            a.source.say([bytes(640)] * 3)
+        wait_for(lambda: a.of("mute", muted=True), 5, "mute by a double press")
+        a.pin.drive_low()
+        a.source.say(first[20:60])
+        a.pin.drive_high()
+        a.source.say([bytes(640)] * 3)
+        assert sim.stats()["frames_received"] == received and a.app.muted
+        assert sim.stats()["stops_received"] == 2
