@@ -43,13 +43,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate for IP 127.0.0.1 (and its key), made with the openssl CLI."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
+def self_signed_cert(directory: Path, ip: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A throwaway certificate for IP ``ip`` (and its key), made with the openssl CLI.
+
+    Named by IP, never by "localhost": a minimal root (a container, a debootstrap chroot)
+    has no /etc/hosts, and a test must not depend on name resolution."""
+    cert, key = directory / f"cert-{ip}.pem", directory / f"key-{ip}.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={ip}",
+         "-addext", f"subjectAltName=IP:{ip}"],
         check=True, capture_output=True, timeout=60)
     return cert, key
 

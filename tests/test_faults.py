@@ -710,12 +710,18 @@ def test_wss_verifies_the_certificate(tmp_path: Path) -> None:
         with Harness(server.url, ca_file=str(cert)) as h:
             assert_backs_to_ready(h, 1)
             assert server.starts[-1]["private_key"] == KEY
-        # Trusted, but the name does not match the certificate (IP 127.0.0.1 only).
-        with Harness(f"wss://localhost:{server.port}/voice-ws", ca_file=str(cert)) as h:
+        assert len(server.starts) == 1
+    # Trusted, but made for another address (127.0.0.2) than the one dialled: refused.
+    # By IP, not "localhost", which a minimal root without /etc/hosts cannot resolve.
+    other, other_key = self_signed_cert(tmp_path, ip="127.0.0.2")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(other, other_key)
+    with HostileServer(ssl_context=context) as server:
+        with Harness(server.url, ca_file=str(other)) as h:
             gone = h.wait("disconnected", count=2)
             assert all("TLS" in g["reason"] or "match" in g["reason"] for g in gone), gone
             assert h.count("connected") == 0
-        assert len(server.starts) == 1
+        assert not server.starts                  # the key never left
 
 
 def test_long_key_echoed_in_a_bad_field_is_not_logged_even_in_part() -> None:
