@@ -46,3 +46,123 @@ def test_bundled_cues_are_short_mp3(lang: str) -> None:
     for name, data in cues.items():
         assert data[:3] == b"ID3" or data[0] == 0xFF, name         # MPEG audio
         assert 1000 < len(data) < 20000, (name, len(data))          # seconds, not minutes
+
+
+# --- the real player, and the whole appliance on SDL's disk driver --------------------------
+
+import io  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import wave  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Optional  # noqa: E402
+
+from soca_appliance import config  # noqa: E402
+from soca_appliance.appliance import Appliance  # noqa: E402
+from soca_appliance.assembler import Sentence  # noqa: E402
+from soca_appliance.events import EventLog  # noqa: E402
+from soca_appliance.framing import Frame  # noqa: E402
+from soca_appliance.player import Player, PlayerCallbacks, pygame  # noqa: E402
+from soca_appliance.simulator import Simulator  # noqa: E402
+
+from conftest import ASSETS, wait_for  # noqa: E402
+
+KEY = "sk-test-0123456789abcdef"
+OFFLINE_EN = (ASSETS / "cue-offline-en.mp3").read_bytes()
+
+
+def test_a_spoken_cue_waits_for_the_agent_and_counts_as_speech() -> None:
+    started = threading.Event()
+    idle = threading.Event()
+    player = Player(PlayerCallbacks(on_start=lambda s: started.set(), on_idle=idle.set))
+    player.start()
+    try:
+        wait_for(lambda: player.info is not None, 10, "the output to open")
+        assert player.quiet_for() > 1e6                          # nothing played yet
+        player.enqueue(Sentence(1, 1, (ASSETS / "answer-en-1-1.mp3").read_bytes(), "x"))
+        assert not player.play_cue(OFFLINE_EN, speech=True)     # queued agent speech
+        assert started.wait(5)
+        assert not player.play_cue(OFFLINE_EN, speech=True)     # agent speech playing
+        assert player.play_cue((ASSETS / "chime.wav").read_bytes())   # the chime may
+        assert idle.wait(10)
+        assert player.play_cue(OFFLINE_EN, speech=True)
+        assert player.quiet_for() == 0.0                         # the cue is speaking
+        wait_for(lambda: player.quiet_for() > 0.1, 10, "the cue to end")
+    finally:
+        player.close(1.5)
+
+
+class HandSource:
+    """A microphone the test speaks into, paced like a real one."""
+    name = "hand"
+
+    def __init__(self) -> None:
+        self.on_frame: Optional[Callable[[Frame], None]] = None
+        self.index = 0
+
+    def start(self, on_frame: Callable[[Frame], None]) -> None:
+        self.on_frame = on_frame
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self.on_frame = None
+
+    def say(self, pcms: list[bytes]) -> None:
+        t0 = time.monotonic()
+        for n, pcm in enumerate(pcms):
+            delay = t0 + n * 0.02 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)           # the mic's pace, not a wait for a result
+            assert self.on_frame is not None
+            self.on_frame(Frame(pcm, time.monotonic(), self.index))
+            self.index += 1
+
+
+def question() -> list[bytes]:
+    """demo-en.wav up to the end of its first question (0.5 s of silence first)."""
+    with wave.open(str(ASSETS / "demo-en.wav"), "rb") as wav:
+        pcm = wav.readframes(int(2.8 * wav.getframerate()))
+    return [pcm[i:i + 640] for i in range(0, len(pcm) - 639, 640)]
+
+
+def test_speech_while_offline_says_so_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    out = tmp_path / "speaker.raw"
+    monkeypatch.setenv("SDL_AUDIODRIVER", "disk")
+    monkeypatch.setenv("SDL_DISKAUDIOFILE", str(out))
+    sim = Simulator(expected_key=KEY)
+    sim.start()
+    url = sim.url
+    sim.stop()                                       # the server is down
+    cfg = config.load(None, env={}, overrides=dict(
+        url=url, agent_id="a", lang="en", gpio="off", vad=True, duplex="half",
+        backoff_initial=0.1, backoff_max=0.5, log_format="json"))
+    records: list[dict[str, Any]] = []
+    events = EventLog("json", stream=io.StringIO())
+    events.subscribe(records.append)
+    source = HandSource()
+    app = Appliance(cfg, events=events, source=source, private_key=KEY)
+    app.start()
+    try:
+        wait_for(lambda: app.player.info is not None, 10, "the speaker to open")
+        assert app.state == "connecting"
+        source.say(question())
+        wait_for(lambda: app.cues.played["offline"] == 1, 5, "the offline cue")
+        cue_s = pygame.mixer.Sound(file=io.BytesIO(OFFLINE_EN)).get_length()
+        source.say([bytes(640)] * 150)               # 3 s: the cue plays out
+        # half duplex: the mic went up as silence for as long as the cue spoke, and more
+        assert app.counters.snapshot()["frames_silenced"] >= int(cue_s / 0.02)
+        source.say(question())                       # speaking again, within the minute
+        wait_for(lambda: app.counters.snapshot()["utterances"] == 2, 5, "the second utterance")
+        wait_for(lambda: app.player.quiet_for() > 0.5, 10, "the speaker to go quiet")
+        assert app.cues.played["offline"] == 1       # said once
+        assert app.press(source="button") == "chime"  # the button too: rate-limited
+        pcm = pygame.mixer.Sound(file=io.BytesIO(OFFLINE_EN)).get_raw()   # at the mixer's rate
+    finally:
+        app.shutdown()
+    data = out.read_bytes()
+    anchor = next(i for i in range(0, len(pcm), 2) if pcm[i:i + 2] != b"\0\0")
+    probe = pcm[anchor:anchor + 400]
+    at = data.find(probe)
+    assert at >= 0, "the offline cue is not in what the speaker played"
+    assert data[at - anchor:at - anchor + len(pcm)] == pcm         # whole
+    assert data.find(probe, at + len(pcm) - anchor) == -1          # once
