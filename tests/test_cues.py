@@ -166,3 +166,47 @@ def test_speech_while_offline_says_so_once(tmp_path: Path, monkeypatch: pytest.M
     assert at >= 0, "the offline cue is not in what the speaker played"
     assert data[at - anchor:at - anchor + len(pcm)] == pcm         # whole
     assert data.find(probe, at + len(pcm) - anchor) == -1          # once
+
+
+def make_app(url: str, **overrides: Any) -> Appliance:
+    values = dict(url=url, agent_id="a", lang="id", gpio="off", duplex="full",
+                  backoff_initial=0.1, backoff_max=0.5, log_format="json")
+    values.update(overrides)
+    cfg = config.load(None, env={}, overrides=values)
+    return Appliance(cfg, events=EventLog("json", stream=io.StringIO()), source=HandSource(),
+                     private_key=KEY)
+
+
+def test_ready_cue_on_the_first_connect_only() -> None:
+    with Simulator(expected_key=KEY) as sim:
+        app = make_app(sim.url, ready_cue=True)
+        app.start()
+        try:
+            wait_for(lambda: app.cues.played["ready"] == 1, 10, "the ready cue")
+            assert app.player.quiet_for() == 0.0            # it is speaking
+            sim.drop_connections()
+            wait_for(lambda: app.link.stats.connects >= 2, 10, "the reconnect")
+            wait_for(lambda: app.state == "ready", 5, "ready again")
+            assert app.cues.played == {"offline": 0, "ready": 1}
+            assert app.press(source="button") == "chime"    # online: the chime as before
+        finally:
+            app.shutdown()
+
+
+def test_button_press_while_offline_says_so_screen_and_ctl_chime() -> None:
+    sim = Simulator(expected_key=KEY)
+    sim.start()
+    url = sim.url
+    sim.stop()
+    app = make_app(url)
+    app.start()
+    try:
+        wait_for(lambda: app.player.info is not None, 10, "the speaker to open")
+        assert app.cues.played["ready"] == 0
+        assert app.press(source="screen") == "chime"        # staff tools: unchanged
+        assert app.press(source="ctl") == "chime"
+        assert app.press(source="button") == "offline"
+        assert app.cues.played["offline"] == 1
+        assert app.press(source="button") == "chime"        # once a minute
+    finally:
+        app.shutdown()
