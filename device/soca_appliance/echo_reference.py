@@ -128,6 +128,7 @@ class ReferenceStream:
         self._out = 0                           # reference samples written
         self._ahead: deque[float] = deque(maxlen=window)   # clock's place minus ours
         self.reanchor = reanchor_s * RATE
+        self.creep = 6.0               # 0.025 % of drift followed smoothly
         self.anchors = 0
 
     def shift(self, samples: int) -> None:
@@ -144,16 +145,18 @@ class ReferenceStream:
             self._anchor = float(mixed_at_index)
             self.anchors += 1
         # Every window: follow the clock by the least difference (a buffer mixed late by
-        # the GIL or the scheduler says so; one mixed early cannot be), which tracks a
-        # drifting output clock a few samples at a time, as AEC3 takes in its stride; a
-        # jump of more than ``reanchor_s`` is the mixer restarting or stalling.
+        # the GIL or the scheduler says so; one mixed early cannot be), a few samples at a
+        # time (a drifting output clock; AEC3 takes that in its stride, not jumps); more
+        # than ``reanchor_s`` off is the mixer restarting or stalling: placed anew.
         self._ahead.append(mixed_at_index - (self._anchor + self._in * RATE / self.rate))
         if len(self._ahead) == self._ahead.maxlen:
             least = min(self._ahead)
-            self._anchor += least
-            self._ahead.clear()
             if abs(least) > self.reanchor:
+                self._anchor += least
                 self.anchors += 1
+            else:       # a clock's drift, a few samples a window: never a jump
+                self._anchor += max(-self.creep, min(self.creep, least))
+            self._ahead.clear()
         self._in += len(audio)
         if self._resampler is not None:
             audio = self._resampler.resample_chunk(audio)

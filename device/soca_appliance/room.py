@@ -259,7 +259,7 @@ class RoomProcess:
                 "--latency-ms", str(latency_ms)]
         self.proc = subprocess.Popen(args, env=rig.env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._said: dict[int, float] = {}
         self.quiet_at: list[float] = []
         self.loud_at: list[float] = []
