@@ -78,6 +78,7 @@ Options:
   --no-user              do not create the '$SERVICE_USER' user; run as the current user
   --no-service           do not install or enable the systemd unit
   --uninstall            remove the unit, links, virtualenv and user; keep config and key
+                         (handed to root first, so no later user inherits them by uid)
   --purge                with --uninstall: also delete the config and the key
   -h, --help             this text
 
