@@ -8,6 +8,7 @@ const TEXT = {
     thinking: "Thinking…", speaking: "Speaking", error: "Out of order", stopped: "Stopped",
     stop: "Stop", mute: "Mute mic", unmute: "Unmute mic", muted: "Mic off",
     you: "You", agent: "Assistant", hint: "Just talk: say something to start.",
+    holdToTalk: "Hold to talk", hintPtt: "Hold the button while you talk.",
     hintMuted: "The microphone is off: press Unmute mic to talk.",
     offline: "Offline: the assistant cannot be reached. Reconnecting…",
     unreachable: "The kiosk is not responding. Please wait…",
@@ -20,6 +21,7 @@ const TEXT = {
     thinking: "Berpikir…", speaking: "Berbicara", error: "Sedang gangguan", stopped: "Berhenti",
     stop: "Berhenti", mute: "Matikan mik", unmute: "Nyalakan mik", muted: "Mik mati",
     you: "Anda", agent: "Asisten", hint: "Silakan bicara: ucapkan sesuatu untuk memulai.",
+    holdToTalk: "Tahan untuk bicara", hintPtt: "Tekan dan tahan tombol selama berbicara.",
     hintMuted: "Mikrofon mati: tekan Nyalakan mik untuk bicara.",
     offline: "Tidak terhubung: asisten tidak dapat dijangkau. Menghubungkan ulang…",
     unreachable: "Kios tidak merespons. Mohon tunggu…",
@@ -34,7 +36,8 @@ const UNREACHABLE_AFTER_MS = 1500;
 const lang = document.documentElement.lang === "en" ? "en" : "id";
 const T = TEXT[lang];
 const $ = (id) => document.getElementById(id);
-const ui = { state: "connecting", connected: false, muted: false, faults: [], live: false };
+const ui = { state: "connecting", connected: false, muted: false, faults: [], live: false,
+             ptt: false };   // ptt: button_mode "push_to_talk" (from /api/status)
 let userEl = null;        // the user's turn being transcribed (partial until final)
 let agentEl = null;       // the agent's answer being spoken
 let agentSeq = null;
@@ -129,21 +132,26 @@ function reset(snap) {
   ui.muted = !!snap.muted;
   ui.faults = snap.faults || [];
   render();
+  refreshFaults();          // (also says the button's mode)
 }
 
 function refreshFaults() {
   fetch("/api/status", { cache: "no-store", credentials: "same-origin" })
     .then((r) => (r.ok ? r.json() : null))
-    .then((s) => { if (s) { ui.faults = s.faults || []; render(); } })
+    .then((s) => {
+      if (s) { ui.faults = s.faults || []; ui.ptt = s.button_mode === "push_to_talk"; render(); }
+    })
     .catch(() => {});
 }
 
 function render() {
   const pill = $("state");
   pill.dataset.state = ui.state;
-  pill.textContent = T[ui.state] || ui.state;
+  const hold = ui.ptt && ui.state === "ready" && !ui.muted;
+  pill.textContent = hold ? T.holdToTalk : (T[ui.state] || ui.state);
+  pill.classList.toggle("hold", hold);
   $("muted-badge").hidden = !ui.muted;
-  $("hint").textContent = ui.muted ? T.hintMuted : T.hint;
+  $("hint").textContent = ui.muted ? T.hintMuted : (ui.ptt ? T.hintPtt : T.hint);
   const mute = $("mute");
   mute.textContent = ui.muted ? T.unmute : T.mute;
   mute.setAttribute("aria-pressed", ui.muted ? "true" : "false");
