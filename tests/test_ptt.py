@@ -323,3 +323,47 @@ def test_hold_to_talk_against_the_simulator_barge_and_double_press() -> None:
         a.source.say([bytes(640)] * 3)
         assert sim.stats()["frames_received"] == received and a.app.muted
         assert sim.stats()["stops_received"] == 2
+
+
+# --- the screen says "hold to talk" (real headless Chromium, 800x480) -----------------------
+
+from pathlib import Path  # noqa: E402
+
+from web_helpers import FakeApp, chromium_driver, make_server, screenshot  # noqa: E402
+
+
+class PttApp(FakeApp):
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "button_mode": self.mode}
+
+    mode = "push_to_talk"
+
+
+@pytest.mark.parametrize("lang, pill, hint", [
+    ("en", "Hold to talk", "Hold the button while you talk."),
+    ("id", "Tahan untuk bicara", "Tekan dan tahan tombol selama berbicara.")])
+def test_the_screen_says_hold_to_talk(tmp_path: Path, lang: str, pill: str, hint: str) -> None:
+    app = PttApp()
+    events = EventLog("json", stream=io.StringIO())
+    server = make_server(app, events, lang=lang)
+    try:
+        for driver in chromium_driver():
+            driver.get(f"http://127.0.0.1:{server.port}/")
+            text = "return [document.getElementById('state').textContent, " \
+                   "document.getElementById('hint').textContent]"
+            wait_for(lambda: driver.execute_script(text) == [pill, hint], 10,
+                     "the hold-to-talk pill and hint")
+            screenshot(driver, tmp_path, f"hold-to-talk-{lang}")
+            events.emit("state", state="speaking")          # not while the agent speaks
+            wait_for(lambda: driver.execute_script(text)[0] != pill, 5, "the speaking pill")
+            app.muted = True                                 # nor while muted
+            events.emit("mute", muted=True)
+            events.emit("state", state="ready")
+            wait_for(lambda: driver.execute_script(text)[0] not in ("", pill)
+                     and driver.execute_script(text)[1] != hint, 5, "the muted ready pill")
+            app.mode, app.muted = "barge", False             # barge mode: as before
+            driver.refresh()
+            wait_for(lambda: driver.execute_script(text)[0] in ("Ready", "Siap"), 10,
+                     "the plain ready pill")
+    finally:
+        server.close()
