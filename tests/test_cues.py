@@ -210,3 +210,45 @@ def test_button_press_while_offline_says_so_screen_and_ctl_chime() -> None:
         assert app.press(source="button") == "chime"        # once a minute
     finally:
         app.shutdown()
+
+
+CUE_TAP_CHILD = r"""
+import io, os, sys, time
+os.environ["SDL_AUDIODRIVER"] = "dummy"
+from soca_appliance.echo import MixerTap
+from soca_appliance.player import Player, pygame
+cue = open(sys.argv[1], "rb").read()
+player = Player()
+player.start()
+deadline = time.monotonic() + 10
+while player.info is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+tap = MixerTap()
+assert tap.install()
+pcm = pygame.mixer.Sound(file=io.BytesIO(cue)).get_raw()
+assert player.play_cue(cue, speech=True)
+while player.quiet_for() == 0.0 and time.monotonic() < deadline + 10:
+    time.sleep(0.05)
+time.sleep(0.2)
+tap.remove()
+mixed = b"".join(b for _, b in tap.buffers)
+anchor = next(i for i in range(0, len(pcm), 2) if pcm[i:i + 2] != b"\0\0")
+at = mixed.find(pcm[anchor:anchor + 400])
+print(at >= 0 and mixed[at - anchor:at - anchor + len(pcm)] == pcm)
+player.close(1.5)
+"""
+
+
+def test_the_echo_reference_carries_a_spoken_cue() -> None:
+    """With the echo canceller (echo.py), the far-end reference is SDL_mixer's post-mix
+    (echo.MixerTap): a spoken cue on the cue channel is in it, whole. In a child, so this
+    process's mixer keeps no hook."""
+    import os
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", CUE_TAP_CHILD,
+                           str(ASSETS / "cue-offline-id.mp3")], capture_output=True,
+                          text=True, timeout=60,
+                          env={**os.environ, "PYGAME_HIDE_SUPPORT_PROMPT": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "True", done.stdout
