@@ -145,16 +145,19 @@ class ReferenceStream:
             self._anchor = float(mixed_at_index)
             self.anchors += 1
         # Every window: follow the clock by the least difference (a buffer mixed late by
-        # the GIL or the scheduler says so; one mixed early cannot be), a few samples at a
-        # time (a drifting output clock; AEC3 takes that in its stride, not jumps); more
-        # than ``reanchor_s`` off is the mixer restarting or stalling: placed anew.
+        # the GIL or the scheduler says so), a few samples at a time (a drifting output
+        # clock; AEC3 takes that in its stride, not jumps).
         self._ahead.append(mixed_at_index - (self._anchor + self._in * RATE / self.rate))
         if len(self._ahead) == self._ahead.maxlen:
             least = min(self._ahead)
-            if abs(least) > self.reanchor:
+            if least > self.reanchor:
+                # Mixed that much later than it should have been, for a whole window: the
+                # mixer stalled and the speaker paused with it (an underrun).
                 self._anchor += least
                 self.anchors += 1
-            else:       # a clock's drift, a few samples a window: never a jump
+            else:       # a drifting clock, a few samples a window: never a jump. (Buffers
+                # mixed early are the output filling a bigger buffer: not a change in
+                # when they play.)
                 self._anchor += max(-self.creep, min(self.creep, least))
             self._ahead.clear()
         self._in += len(audio)
