@@ -4,18 +4,22 @@ Owns two threads. ``link`` opens a socket, tells the orchestrator a new session 
 (``on_session_start``, before anything is sent), sends ``start``, handles what arrives
 until ``stt.ready``, then receives and parses server messages until the connection ends,
 and reconnects with exponential backoff and jitter (slowly after an authentication error:
-the server's auth error message, or a close with code 1008). ``link-tx`` is the only
-thread that writes to sockets: it drains the current session's bounded outbox (audio and
-``stop`` in order, ``barge`` ahead of them) and sends keepalive pings. The socket's timeout
-(ping interval + ping timeout) declares the link dead when nothing came back in time, or
-when a send cannot complete for as long.
+the server's auth error message, or a close with code 1008). Audio goes onto the
+socket from the capture thread itself when nothing is queued before it and the socket
+takes it at once (``poll``, no wait): one thread wakes per frame. Otherwise, and for
+controls, the current session's bounded outbox (audio and ``stop`` in order, ``barge``
+ahead of them) is drained by ``link-tx``, which also sends keepalive pings and otherwise
+sleeps (no polling). Capture never waits on the network: when the socket is busy or full
+the frame is queued. The socket's timeout (ping interval + ping timeout) declares the link
+dead when nothing came back in time, or when a send cannot complete for as long.
 
 Each connection is a :class:`~soca_appliance.session.Session`: a failure on one socket can
 only end that session, and frames queued for one session are never sent on the next.
 
 Mic frames offered before ``stt.ready`` are dropped and counted, never queued: stale speech
 must not reach the agent late. The private key is only ever inside the start message.
-Each counter in :class:`LinkStats` is written by one thread only (named beside it).
+Each counter in :class:`LinkStats` is written by one thread only (named beside it), or
+under the session's wire lock.
 """
 from __future__ import annotations
 
@@ -80,12 +84,12 @@ class LinkCallbacks:
 class LinkStats:
     attempts: int = 0                   # link thread
     connects: int = 0                   # link thread
-    frames_sent: int = 0                # link-tx
+    frames_sent: int = 0                # under the session's wire lock
     frames_dropped_not_ready: int = 0   # the caller of send_audio (the source thread)
     frames_dropped_full: int = 0        # the caller of send_audio
     controls_sent: int = 0              # link-tx
     bad_messages: int = 0               # link thread
-    latencies: deque = field(default_factory=lambda: deque(maxlen=4096))   # link-tx
+    latencies: deque = field(default_factory=lambda: deque(maxlen=4096))   # wire lock
 
 
 class _Handshake(Exception):
@@ -108,6 +112,7 @@ class Link:
         self._session: Optional[Session] = None
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._wake = threading.Event()      # for link-tx: a session streams, or closing
         self._rx = threading.Thread(target=self._run, name="link", daemon=True)
         self._tx = threading.Thread(target=self._send_loop, name="link-tx", daemon=True)
 
@@ -128,10 +133,22 @@ class Link:
         return session is not None and session.streaming.is_set()
 
     def send_audio(self, frame: Frame) -> bool:
-        session = self.session
+        """From the capture thread: onto the socket right here when nothing is queued
+        before it and the socket takes it now, else into the outbox. Never waits."""
+        session = self._session              # one reference read: no lock needed
         if session is None or not session.streaming.is_set():
             self.stats.frames_dropped_not_ready += 1
             return False
+        if session.wire.acquire(blocking=False):     # link-tx is not sending
+            try:
+                if session.outbox.empty and session.writable():
+                    self._send_frame(session, frame)
+                    return True
+            except (websocket.WebSocketException, OSError, ValueError) as exc:
+                self._send_failed(session, exc)
+                return True
+            finally:
+                session.wire.release()
         if not session.outbox.put_audio(frame):
             self.stats.frames_dropped_full += 1
         return True
@@ -151,6 +168,7 @@ class Link:
     def close(self, timeout: float = 1.0) -> None:
         """Close with code 1000 and stop both threads within ``timeout``."""
         self._closing.set()
+        self._wake.set()
         session = self.session
         if session is not None:
             session.streaming.clear()
@@ -217,6 +235,7 @@ class Link:
             self.stats.connects += 1
             session.next_ping = up_since + self.settings.ping_interval
             session.streaming.set()
+            self._wake.set()
             self.cb.on_connected(self.session_id)
             return (*self._receive(session), time.monotonic() - up_since)
         except _Handshake as exc:
@@ -316,30 +335,42 @@ class Link:
     # --- sender thread -------------------------------------------------------------
 
     def _send_loop(self) -> None:
+        """What the capture thread could not send (the socket was busy or full), the
+        controls, and a ping when one is due. Sleeps in between: no polling."""
         while not self._closing.is_set():
+            self._wake.clear()
             session = self.session
-            if session is None:
-                self._closing.wait(0.05)        # between sessions (backoff): nothing to send
+            if session is None or not session.streaming.is_set():
+                self._wake.wait()           # set when a session streams, and on close
                 continue
-            if not session.streaming.wait(0.05):
+            due = session.next_ping - time.monotonic()
+            if not session.outbox.wait(max(0.0, due)) and due > 0:
                 continue
-            item = session.outbox.get(timeout=0.1)
             try:
-                self._send(session, item)
+                with session.wire:
+                    self._send(session, session.outbox.pop())
             except (websocket.WebSocketException, OSError, ValueError) as exc:
-                # Only this session ends, whatever session is current by now.
-                reason = f"send failed ({_describe(exc)})"
-                if session.fail(reason):
-                    log.info("%s on session %d; reconnecting", reason, session.generation)
-                else:
-                    log.debug("%s on session %d, already over", reason, session.generation)
+                self._send_failed(session, exc)
+
+    def _send_failed(self, session: Session, exc: BaseException) -> None:
+        # Only this session ends, whatever session is current by now.
+        reason = f"send failed ({_describe(exc)})"
+        if session.fail(reason):
+            log.info("%s on session %d; reconnecting", reason, session.generation)
+        else:
+            log.debug("%s on session %d, already over", reason, session.generation)
+
+    def _send_frame(self, session: Session, frame: Frame) -> None:
+        """One audio frame onto the socket (wire held)."""
+        session.ws.send_binary(frame.pcm)
+        self.stats.frames_sent += 1
+        self.stats.latencies.append(time.monotonic() - frame.t_capture)
 
     def _send(self, session: Session, item: Optional[Union[str, Frame]]) -> None:
+        """link-tx: an item of the outbox, then a ping if one is due (wire held)."""
         ws = session.ws
         if isinstance(item, Frame):
-            ws.send_binary(item.pcm)
-            self.stats.frames_sent += 1
-            self.stats.latencies.append(time.monotonic() - item.t_capture)
+            self._send_frame(session, item)
         elif isinstance(item, str):
             ws.send(item)
             self.stats.controls_sent += 1

@@ -13,6 +13,7 @@ controls (``barge``) jump the queue. When the network stalls, the oldest audio m
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
 from collections import deque
@@ -72,10 +73,31 @@ class Outbox:
             self.cond.notify()
         return True
 
+    @property
+    def empty(self) -> bool:
+        """Nothing queued (no lock: a glance, for the sender that holds the wire)."""
+        return not self.ordered and not self.urgent
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        """Until something is queued or the outbox is closed (True), or ``timeout`` passed."""
+        with self.cond:
+            if not self._closed and not self.urgent and not self.ordered:
+                self.cond.wait(timeout)
+            return self._closed or bool(self.urgent or self.ordered)
+
     def get(self, timeout: float) -> Optional[Item]:
         with self.cond:
             if not self._closed and not self.urgent and not self.ordered:
                 self.cond.wait(timeout)
+            return self._pop()
+
+    def pop(self) -> Optional[Item]:
+        """The next item (urgent first), or None; never waits."""
+        with self.cond:
+            return self._pop()
+
+    def _pop(self) -> Optional[Item]:
+        if True:                                # (cond held)
             if self._closed:
                 return None
             if self.urgent:
@@ -122,7 +144,23 @@ class Session:
         self.auth_failed = False
         self.failure: Optional[str] = None      # why a send ended this session
         self.next_ping = 0.0                    # link-tx's ping schedule for this socket
+        # Held by whichever thread puts a frame on this socket: the capture thread when
+        # nothing is queued and the socket takes it at once, otherwise link-tx. Items
+        # leave the outbox only under it, so nothing overtakes what was queued before.
+        self.wire = threading.Lock()
+        self._poll: Optional[select.poll] = None
         self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        """The socket would take a frame now (``poll`` without waiting; wire held)."""
+        if self._poll is None:
+            sock = getattr(self.ws, "sock", None)
+            if sock is None:
+                return False
+            self._poll = select.poll()
+            self._poll.register(sock, select.POLLOUT)
+        ready = self._poll.poll(0)
+        return bool(ready) and ready[0][1] == select.POLLOUT     # not HUP or ERR as well
 
     def fail(self, reason: str) -> bool:
         """A send on this session's socket failed: end this session (and only this one).
