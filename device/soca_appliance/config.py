@@ -76,7 +76,7 @@ class Config:
     input: str = ""
     vad: bool = False
     vad_aggressiveness: int = 2
-    duplex: str = "half"
+    duplex: str = "auto"
     # audio down
     mixer_buffer: int = 512
     progressive_playback: bool = True
@@ -98,7 +98,7 @@ class Config:
 
 _CHOICES = {
     "lang": ("id", "en"),
-    "duplex": ("half", "full"),
+    "duplex": ("auto", "aec", "half", "full"),
     "button_mode": ("barge", "push_to_talk"),
     "gpio": ("auto", "mock", "off"),
     "log_format": ("text", "json"),
