@@ -63,7 +63,7 @@ def _appliance_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
     p.add_argument("--mic", metavar="NAME", help="microphone name substring")
     p.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None,
                    help="send audio only around speech")
-    p.add_argument("--duplex", choices=("half", "full"), help="echo policy")
+    p.add_argument("--duplex", choices=("auto", "aec", "half", "full"), help="echo policy")
     p.add_argument("--gpio", choices=("auto", "mock", "off"), help="button and LEDs")
     p.add_argument("--control-socket", metavar="PATH", help="local control socket path")
     p.add_argument("--web-listen", metavar="HOST:PORT",
