@@ -216,6 +216,16 @@ class Player:
                 self._cue_until = time.monotonic() + sound.get_length() / self.speed
         return True
 
+    def set_speech_volume(self, gain: float) -> None:
+        """The agent's volume (1.0 = as decoded): ducked while someone talks over it."""
+        with self._cond:
+            if self.info is None:
+                return
+            try:
+                pygame.mixer.Channel(SPEECH_CHANNEL).set_volume(gain)
+            except Exception as exc:  # noqa: BLE001 - never raise into the capture thread
+                log.warning("speaker volume could not change: %s", exc)
+
     @property
     def busy(self) -> bool:
         with self._cond:
