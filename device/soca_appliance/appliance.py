@@ -22,7 +22,7 @@ import time
 from importlib import resources
 from typing import Any, Callable, Optional, Protocol
 
-from . import protocol
+from . import echo, protocol
 from .assembler import Assembler, Sentence
 from .config import Config
 from .conversation import Conversation
@@ -77,6 +77,8 @@ class Appliance(Conversation):
         self.assembler = Assembler(cfg.max_sentence_bytes, cfg.max_pending_sentences,
                                    cfg.sentence_timeout, cfg.progressive_playback)
         self.gate = VadGate(cfg.vad_aggressiveness, cfg.frame_ms) if cfg.vad else None
+        # Echo policy (echo.py): "auto" is the canceller when it imports, else half duplex.
+        self.duplex, self.echo = echo.attach(cfg.duplex, cfg.frame_ms)
         self._speaker_open = threading.Event()
         self._own_player = player is None
         self.player = player or Player(PlayerCallbacks(
@@ -134,6 +136,8 @@ class Appliance(Conversation):
     def shutdown(self) -> None:
         self._stopping.set()
         self.source.stop(0.5)
+        if self.echo is not None:
+            self.echo.close()                # off the mixer's post-mix hook
         # (the mixer is process-wide: a player thread outliving shutdown would quit a mixer
         # opened since by another player, as in the bench and the tests: let it finish)
         self.player.close(1.5)
@@ -211,6 +215,12 @@ class Appliance(Conversation):
 
     def on_frame(self, frame: Frame) -> None:
         self.counters.add("frames_captured")
+        if self.echo is not None:
+            # Every frame, muted or not, before VAD and framing: the agent's voice out of
+            # the mic; while someone talks over the agent, duck it until the server barges.
+            frame, volume = self.echo.process(frame, self.player.quiet_for() == 0.0)
+            if volume is not None:
+                self.player.set_speech_volume(volume)
         gate = self.ptt.gate if self.ptt is not None else self.gate
         if self._gate_reset.is_set() and gate is not None:
             self._gate_reset.clear()
@@ -218,7 +228,7 @@ class Appliance(Conversation):
         if self.muted:
             self.counters.add("frames_muted")
             return
-        if (self.cfg.duplex == "half" and self.player.quiet_for() < HALF_DUPLEX_SETTLE_S
+        if (self.duplex == "half" and self.player.quiet_for() < HALF_DUPLEX_SETTLE_S
                 and not (self.ptt is not None and self.ptt.gate.pressed)):
             # (push-to-talk: a held button is the user talking, the agent was barged)
             # The agent is talking: send silence, so the stream stays continuous but the
@@ -317,6 +327,8 @@ class Appliance(Conversation):
 
     def _audio_open(self, info: OutputInfo) -> None:
         self._speaker_open.set()
+        if self.echo is not None:            # the reference: what the mixer now mixes
+            self.echo.mixer_opened(info.frequency, info.channels)
         with self._lock:
             self._emit("audio.output", frequency=info.frequency, channels=info.channels,
                        buffer=info.buffer, buffer_ms=round(info.buffer_ms, 1),
