@@ -21,6 +21,7 @@ from .progressive import has_progressive, run_progressive
 from .report import _targets, build_report, render_table
 from .player_soak import child_main, render, run_player_soak
 from .soak import run_soak
+from . import echo as echo_bench
 from . import floorcmd
 
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "checked in the output; RSS, threads and fds sampled")
     p.add_argument("--seed", type=int, default=11, help="random seed of the player soak")
     floorcmd.add_arguments(p)
+    echo_bench.add_arguments(p)
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--player-soak-child", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--probe", type=float, default=None, help=argparse.SUPPRESS)
@@ -71,6 +73,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _player_soak(args)
     if args.floor:
         return floorcmd.floor_main(args)
+    if args.echo:
+        return echo_bench.echo_main(args)
     if args.runs < 1:
         print(f"{PROG}: error: --runs must be at least 1", file=sys.stderr)
         return 2
