@@ -91,7 +91,7 @@ error = 25
         assert cfg.max_pending_sentences == 8
         assert cfg.leds == Leds(ready=22, error=25)
         # untouched keys keep their defaults
-        assert cfg.duplex == "half"
+        assert cfg.duplex == "auto"
         assert cfg.mic_gain == 1.0
 
     def test_file_rgb_is_a_tuple(self, tmp_path: Path) -> None:
