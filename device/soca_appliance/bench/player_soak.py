@@ -179,12 +179,12 @@ def child_main(hours: float, seed: int) -> int:
                               daemon=True)
     reader.start()
     cond = threading.Condition()
-    started: set[Any] = set()
+    started: deque[Any] = deque(maxlen=16)      # bounded: the soak must not grow itself
     errors: list[str] = []
 
     def on_start(s: Any) -> None:
         with cond:
-            started.add((s.seq, s.sentence_id))
+            started.append((s.seq, s.sentence_id))
             cond.notify_all()
 
     def on_idle() -> None:
