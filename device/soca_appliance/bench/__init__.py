@@ -25,7 +25,9 @@ Phases, per run (``--runs N``):
 every 11 s, sampling RSS, threads and open file descriptors. ``--soak-hours N`` runs the
 player soak instead (:mod:`.player_soak`): N hours of agent speech through the real player
 on SDL's disk driver, about 20x faster than real time, every sentence found in the output. ``--compare-progressive``
-adds time to first audio with ``progressive_playback`` off and on.
+adds time to first audio with ``progressive_playback`` off and on. ``--floor`` measures
+the streaming cost instead, against a bare one-thread websocket-client streamer in the same
+run (:mod:`.floor`, :mod:`.floorcmd`; ``--instructions``, ``--wyoming EXE``).
 
 Nothing here changes the appliance: the bench wraps callbacks and listens. See
 ``BENCHMARKS.md`` for figures and how to read them.
