@@ -129,6 +129,7 @@ class ReferenceStream:
         self._ahead: deque[float] = deque(maxlen=window)   # clock's place minus ours
         self.reanchor = reanchor_s * RATE
         self.creep = 6.0               # 0.025 % of drift followed smoothly
+        self._windows = 0
         self.anchors = 0
 
     def shift(self, samples: int) -> None:
@@ -150,11 +151,14 @@ class ReferenceStream:
         self._ahead.append(mixed_at_index - (self._anchor + self._in * RATE / self.rate))
         if len(self._ahead) == self._ahead.maxlen:
             least = min(self._ahead)
-            if least > self.reanchor:
+            self._windows += 1
+            if least > self.reanchor or (least > 0 and self._windows <= 3):
+                # (The first windows settle the first guess, made perhaps before the mic's
+                # clock had seen a frame: the canceller is still learning then anyway.)
                 # Mixed that much later than it should have been, for a whole window: the
                 # mixer stalled and the speaker paused with it (an underrun).
                 self._anchor += least
-                self.anchors += 1
+                self.anchors += least > self.reanchor
             else:       # a drifting clock, a few samples a window: never a jump. (Buffers
                 # mixed early are the output filling a bigger buffer: not a change in
                 # when they play.)
