@@ -186,3 +186,36 @@ def test_speaker_unplugged_while_running_is_reopened_when_back(monkeypatch, tmp_
     finally:
         player.close()
     assert pcm[4000:4400] in second.read_bytes()         # heard after the replug
+
+
+class FakeChannel:
+    """pygame's channel state as the player reads it: busy flag, current and queued sound."""
+
+    def __init__(self, busy: bool, sound: Any, queue: Any) -> None:
+        self.busy, self.sound, self.queue = busy, sound, queue
+
+    def get_busy(self) -> bool:
+        return self.busy
+
+    def get_sound(self) -> Any:
+        return self.sound
+
+    def get_queue(self) -> Any:
+        return self.queue
+
+
+def test_channel_state_reads_through_pygame_hand_off_races() -> None:
+    from soca_appliance.output import channel_busy, stranded_queue
+    piece = object()
+    # playing, nothing queued / playing with the next piece queued
+    assert channel_busy(FakeChannel(True, object(), None))
+    assert channel_busy(FakeChannel(True, object(), piece))
+    # the sound just ended, pygame's callback not yet run: still busy (its queue will start)
+    assert channel_busy(FakeChannel(False, object(), piece))
+    assert stranded_queue(FakeChannel(False, object(), piece)) is None
+    # the callback decided "nothing queued" and a queue() slipped in: stranded, not busy
+    assert not channel_busy(FakeChannel(False, None, piece))
+    assert stranded_queue(FakeChannel(False, None, piece)) is piece
+    # idle
+    assert not channel_busy(FakeChannel(False, None, None))
+    assert stranded_queue(FakeChannel(False, None, None)) is None

@@ -34,6 +34,7 @@ from . import devices  # noqa: E402
 from .assembler import Piece, Sentence  # noqa: E402
 from .backoff import Backoff  # noqa: E402
 from .output import AudioOutput, OutputInfo, channel_busy as _busy  # noqa: E402
+from .output import stranded_queue as _stranded  # noqa: E402
 
 log = logging.getLogger("soca.player")
 
@@ -129,6 +130,7 @@ class Player:
         self.dropped = 0
         self.underruns = 0
         self.faults = 0                 # exceptions the player thread survived
+        self.stranded = 0               # queued pieces pygame left behind, played by us
         self._refilling = False         # after an underrun: prebuffer again before resuming
         self._lost_drops = 0            # sentences dropped in this outage
         self._fault_backoff = Backoff(initial=0.5, cap=30.0)
@@ -404,6 +406,10 @@ class Player:
     def _push(self, item: _Item) -> bool:
         """Hand pending PCM to the channel (lock held). True when the sentence starts."""
         channel = pygame.mixer.Channel(SPEECH_CHANNEL)
+        stranded = _stranded(channel)
+        if stranded is not None:                 # pygame lost a hand-off: play it now
+            self.stranded += 1
+            channel.play(stranded)
         busy = _busy(channel)
         if (item.started and not busy and not self._refilling
                 and (not item.complete or self._pending)):
@@ -451,7 +457,14 @@ class Player:
             return False
         # (A device running slower than the estimate gets 2 s of audio's grace, and never
         # less than half a second of wall time: a sped-up device can be starved.)
-        if (_busy(pygame.mixer.Channel(SPEECH_CHANNEL))
+        channel = pygame.mixer.Channel(SPEECH_CHANNEL)
+        stranded = _stranded(channel)
+        if stranded is not None:                 # the sentence's last piece, left behind
+            self.stranded += 1
+            channel.play(stranded)
+            self._ends_at = time.monotonic() + stranded.get_length() / self.speed
+            return False
+        if (_busy(channel)
                 and remaining > -max(2.0 / self.speed, 0.5)):
             self._cond.wait(0.005)      # the mixer drains its last buffer a little later
             return False

@@ -294,6 +294,7 @@ def child_main(hours: float, seed: int) -> int:
     wait_for(lambda: not checker.pending, 30.0)         # the tail reaches the tap
     sample()
     underruns, dropped = player.underruns, player.dropped
+    counts["stranded"] = player.stranded
     player.close(2.0)
     reader.join(5)
     checker.finish()
