@@ -120,9 +120,16 @@ def test_ctl_talks_to_a_running_appliance(tmp_path: Path) -> None:
             mute = subprocess.run(_cli("ctl", "--control-socket", str(sock), "mute"),
                                   capture_output=True, text=True, env=_env(), timeout=30)
             assert mute.returncode == 0 and json.loads(mute.stdout)["ok"] is True
-            status = subprocess.run(_cli("ctl", "--control-socket", str(sock), "status"),
-                                    capture_output=True, text=True, env=_env(), timeout=30)
-            report = json.loads(status.stdout)
+
+            def status() -> dict:
+                done = subprocess.run(_cli("ctl", "--control-socket", str(sock), "status"),
+                                      capture_output=True, text=True, env=_env(), timeout=30)
+                return json.loads(done.stdout)
+
+            # The simulator counts the start before the appliance has read stt.ready.
+            wait_for(lambda: status()["connected"], timeout=20, what="connected in ctl status",
+                     interval=0.2)
+            report = status()
             assert report["muted"] is True and report["connected"] is True
             assert report["state"] == "ready" and "frames_sent" in report["counters"]
         finally:
