@@ -131,6 +131,10 @@ class Player:
         self.underruns = 0
         self.faults = 0                 # exceptions the player thread survived
         self.stranded = 0               # queued pieces pygame left behind, played by us
+        # Our own references to the last sounds handed to the channel: pygame drops its
+        # reference on play()/stop() while its callback may still be starting that sound
+        # (use after free: "free(): invalid pointer" after hours in the soak).
+        self._keep: deque[Any] = deque(maxlen=8)
         self._refilling = False         # after an underrun: prebuffer again before resuming
         self._lost_drops = 0            # sentences dropped in this outage
         self._fault_backoff = Backoff(initial=0.5, cap=30.0)
@@ -427,6 +431,7 @@ class Player:
         if channel.get_queue() is not None:
             return False                     # the channel already holds the next piece
         sound = pygame.mixer.Sound(buffer=bytes(self._pending))
+        self._keep.append(sound)
         now = time.monotonic()
         if busy:
             channel.queue(sound)             # SDL_mixer starts it with no gap
