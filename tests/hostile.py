@@ -201,6 +201,9 @@ class HostileServer:
                 index = len(self.frames_by_connection)
                 self.frames_by_connection.append(0)
                 self.arrivals.append([])
+            # Known as a client before "stt.ready" goes out: the appliance says "connected" on
+            # stt.ready, and a test that then closes the clients must find this one.
+            self._clients.add(ws)
             if mode != "silent":
                 await ws.send(json.dumps({"type": "ready", "session_id": start.get("session_id")}))
                 for extra in list(self.before_stt_ready):
@@ -208,7 +211,6 @@ class HostileServer:
                 await ws.send(json.dumps({"type": "stt.ready"}))
                 for extra in list(self.after_stt_ready):
                     await ws.send(extra if isinstance(extra, str) else json.dumps(extra))
-            self._clients.add(ws)
             async for message in ws:
                 with self._lock:
                     if isinstance(message, bytes):
