@@ -4,7 +4,8 @@ Runs, in order: the system's facts (board, OS and its 32/64-bit userland, audio 
 pin factory, echo policy, install path: INFO lines), the configuration, the private key,
 the microphone (found by name, then a few seconds recorded through the same
 :class:`~soca_appliance.framing.Converter` path the appliance uses, with level, peak and
-clipping), the speaker (pygame's mixer plays the bundled chime), the GPIO LEDs and button, the network (DNS, TCP, TLS, then a real ``start``
+clipping), the speaker (pygame's mixer plays the bundled chime), the room's echo path (on a Pi or
+with ``--echo-test``: the chime played while recording), the GPIO LEDs and button, the network (DNS, TCP, TLS, then a real ``start``
 handshake with the voice agent), the boot service, and the Pi itself (power, temperature,
 disk, memory).
 
@@ -16,7 +17,7 @@ every text is scrubbed of it before it is shown.
 
 One module per check group: :mod:`.system` (facts: board, OS, audio path, GPIO factory,
 echo policy, install path), :mod:`.config_key`, :mod:`.audio`, :mod:`.gpio`,
-:mod:`.network`, :mod:`.service` (the boot service and the Pi's health), and :mod:`.runner`
+:mod:`.echo_path`, :mod:`.network`, :mod:`.service` (the boot service and the Pi's health), and :mod:`.runner`
 (the list of checks, the table, the JSON document, ``main``); :mod:`.context` holds what the
 checks share and :mod:`.result` what they return. This package re-exports the names the
 single ``diagnostics`` module had, so ``soca_appliance.diagnostics:main`` (the ``soca-diag``
@@ -30,6 +31,7 @@ from __future__ import annotations
 from .audio import check_mic_device, check_mic_level, check_speaker, levels, record
 from .config_key import check_config, check_key
 from .context import Context
+from .echo_path import check_echo_path
 from .gpio import check_button, check_leds
 from .network import HandshakeError, check_dns, check_handshake, check_tcp, check_tls, handshake
 from .result import (BUTTON_WAIT_S, CLIP_SHARE, EXIT_FAIL, EXIT_OK, EXIT_USAGE, FAIL, INFO,
@@ -48,7 +50,7 @@ __all__ = [
     "INFO", "NAMES", "PASS", "SERVICE_USER", "SILENT_DBFS", "SKIP", "STATUSES",
     "THROTTLE_BITS", "UNDER_VOLTAGE_NOW", "UNIT", "WARN", "Context", "HandshakeError",
     "Result", "TablePrinter", "build_parser", "check_audio", "check_board", "check_button", "check_config", "check_disk",
-    "check_dns", "check_echo", "check_gpio_factory", "check_handshake", "check_install", "check_key", "check_leds", "check_memory",
+    "check_dns", "check_echo", "check_echo_path", "check_gpio_factory", "check_handshake", "check_install", "check_key", "check_leds", "check_memory",
     "check_mic_device", "check_mic_level", "check_os", "check_power", "check_service", "check_speaker",
     "check_tcp", "check_temperature", "check_tls", "failed", "handshake", "info", "levels",
     "main", "passed", "record", "run", "run_check", "selected", "skipped", "summary",

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Optional, TextIO
 from .. import __version__, config
 from .audio import check_mic_device, check_mic_level, check_speaker
 from .config_key import check_config, check_key
+from .echo_path import check_echo_path
 from .context import Context
 from .gpio import check_button, check_leds
 from .network import check_dns, check_handshake, check_tcp, check_tls
@@ -35,6 +36,7 @@ CHECKS: list[tuple[str, Callable[[Context], Result]]] = [
     ("mic.device", check_mic_device),
     ("mic.level", check_mic_level),
     ("speaker", check_speaker),
+    ("echo.path", check_echo_path),
     ("gpio.leds", check_leds),
     ("gpio.button", check_button),
     ("net.dns", check_dns),
@@ -145,8 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpio", choices=("auto", "mock", "off"),
                    help="GPIO mode (default: the config's)")
     p.add_argument("--url", help="voice-ws endpoint to test instead of the config's")
+    p.add_argument("--echo-test", action="store_true",
+                   help="play the chime while recording to measure the room's echo path "
+                   "(delay, echo return loss; always on a Raspberry Pi)")
     p.add_argument("--only", metavar="NAMES", help="comma-separated checks or groups "
-                   "(system, config, key, mic, speaker, gpio, net, service, pi)")
+                   "(system, config, key, mic, speaker, echo, gpio, net, service, pi)")
     return p
 
 
