@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import wait_for
 from room import Scene, have_room
+from soca_appliance.room import MonitorTap, fidelity
 from servers import RecordingServer
 
 pytestmark = pytest.mark.skipif(not have_room(), reason="needs pulseaudio, pacat, espeak-ng")
@@ -51,51 +53,46 @@ def test_full_duplex_without_a_canceller_barges_on_its_own_voice(tmp_path: Path)
     assert barges >= 1
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(reason="on an idle 2-core VM at 08:20 the rig's uplink correlated 0.61-0.79 "
-                   "with the clean voice, with duplex = full as with auto, so the rig itself "
-                   "(not the canceller) loses fidelity; under investigation", strict=False)
-def test_voice_goes_up_untouched_while_the_agent_is_silent(tmp_path: Path) -> None:
-    with RecordingServer() as server, Scene(tmp_path, "auto", far_end=server) as scene:
-        t_said = scene.say()
-        deadline = time.monotonic() + 10
-        voice = scene.user_voice
-        while time.monotonic() < deadline and len(server.frames()) < 50 * 6:
-            time.sleep(0.1)
-        time.sleep(len(voice) / 16000 + 0.5)
-        up = np.frombuffer(b"".join(pcm for _, pcm in server.frames()), dtype="<i2")
-    corr, loss = _fidelity(up.astype(np.float64), voice)
-    assert t_said >= 0
-    assert corr >= 0.95, f"uplink correlation {corr:.3f} with the clean voice"
-    assert abs(loss) <= 1.0, f"{loss:.2f} dB lost"
+@pytest.mark.parametrize("duplex", ["auto", pytest.param("full", marks=pytest.mark.slow)])
+def test_voice_goes_up_untouched_while_the_agent_is_silent(tmp_path: Path, duplex: str) -> None:
+    """The uplink against what the room really played into the mic sink (its monitor,
+    recorded alongside) and against the clean voice, each 250 ms window aligned to the
+    sample. The 0.95 / 1 dB target holds against the mic sink: that is what the appliance
+    was given (measured: 1.0000 and 0.00 dB, the uplink is bit-exact with auto as with full).
+    Against the clean voice the rig's own stream into the mic sink now and then inserts or
+    drops a few ms under load (measured 0.94-0.998 across runs with the same bit-exact
+    uplink), so that figure is printed and only checked for the utterance being there.
+    (The first version read 0.61-0.86: its windows were aligned in steps of two samples,
+    and a window the uplink had not reached yet counted as correlation -1.)"""
+    with RecordingServer() as server, Scene(tmp_path, duplex, far_end=server) as scene:
+        tap = MonitorTap(scene.rig, "mic")
+        try:
+            wait_for(lambda: len(server.frames()) >= 25, 10, "the uplink streaming")
+            first = len(server.frames())
+            scene.say()
+            voice = scene.user_voice
+            # The whole utterance in the uplink: its length plus 1 s of path, in frames.
+            frames = first + int((len(voice) / 16000 + 1.0) * 50)
+            wait_for(lambda: len(server.frames()) >= frames, 20, "the utterance uplinked")
+        finally:
+            heard = tap.close()
+        up = np.frombuffer(b"".join(pcm for _, pcm in server.frames()[first:]), dtype="<i2")
+    up = up.astype(np.float64)
+    start = int(np.argmax(np.abs(voice) > 0))
+    corr, loss = fidelity(up, voice[start:])
+    corr_mic, loss_mic = fidelity(up, _utterance_in(heard, voice[start:]))
+    print(f"duplex {duplex}: vs clean voice corr {corr:.4f} loss {loss:.2f} dB; "
+          f"vs the mic sink corr {corr_mic:.4f} loss {loss_mic:.2f} dB")
+    assert corr_mic >= 0.95 and abs(loss_mic) <= 1.0, (corr_mic, loss_mic)
+    assert corr >= 0.8 and abs(loss) <= 1.0, f"the utterance: corr {corr:.3f}, {loss:.2f} dB"
 
 
-def _fidelity(up: np.ndarray, voice: np.ndarray, window: int = 4000) -> tuple[float, float]:
-    """Energy-weighted correlation of the uplink with the clean voice over 250 ms windows,
-    each aligned on its own within 10 ms, and the level lost. Per window because a busy
-    machine makes the room's own stream underrun now and then (a few ms of silence
-    inserted, measured), which is the rig's doing, not the appliance's."""
-    size = 1 << int(np.ceil(np.log2(len(up) + len(voice))))
-    full = np.fft.irfft(np.fft.rfft(up, size) * np.conj(np.fft.rfft(voice, size)), size)
-    lag = int(np.argmax(full[:len(up)]))
-    num = den = e_up = e_voice = 0.0
-    for a in range(0, len(voice) - window, window):
-        y = voice[a:a + window]
-        best, best_x = -1.0, None
-        for shift in range(-160, 161, 2):
-            start = lag + a + shift
-            x = up[max(0, start):start + window]
-            if len(x) == window:
-                c = float(np.corrcoef(x, y)[0, 1])
-                if c > best:
-                    best, best_x = c, x
-        weight = float(np.sum(y ** 2))
-        num += best * weight
-        den += weight
-        if best_x is not None:
-            e_up += float(np.sum(best_x ** 2))
-            e_voice += weight
-    return num / den, 10 * np.log10(e_voice / e_up) if e_up > 0 else float("inf")
+def _utterance_in(heard: np.ndarray, voice: np.ndarray) -> np.ndarray:
+    """The stretch of the mic sink's recording that carries ``voice`` (by cross-correlation)."""
+    size = 1 << int(np.ceil(np.log2(len(heard) + len(voice))))
+    full = np.fft.irfft(np.fft.rfft(heard, size) * np.conj(np.fft.rfft(voice, size)), size)
+    lag = int(np.argmax(full[:max(1, len(heard) - len(voice) + 1)]))
+    return heard[lag:lag + len(voice)]
 
 
 @pytest.mark.slow
