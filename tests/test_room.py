@@ -17,7 +17,7 @@ import pytest
 
 from conftest import wait_for
 from room import Scene, have_room
-from soca_appliance.room import MonitorTap, fidelity
+from soca_appliance.room_measure import MonitorTap, fidelity
 from servers import RecordingServer
 
 pytestmark = pytest.mark.skipif(not have_room(), reason="needs pulseaudio, pacat, espeak-ng")
@@ -127,3 +127,85 @@ def test_ten_interruptions_barge_and_stop_the_agent_within_a_second(tmp_path: Pa
             scene.wait_count("sentence.play", n, 20)      # the next answer
     print("barge latencies (s):", [round(x, 3) for x in latencies])
     assert max(latencies) <= 1.0, latencies
+
+
+# --- drift and latency (issue 12): the echo path moves under the canceller; no false barge --------
+
+def _barges(scene: Scene) -> int:
+    """Barges the simulator decided on from what it heard (it answers a client's barge,
+    the button's, with one of its own: those are not counted)."""
+    if scene.sim is None:
+        return -1
+    stats = scene.sim.stats()
+    return int(stats["barges_sent"]) - int(stats.get("barges_received", 0))
+
+
+@pytest.mark.slow
+def test_clocks_differing_by_a_hundredth_of_a_percent_never_barge(tmp_path: Path) -> None:
+    """The mic's clock 0.01 % faster than the speaker's (the room resamples by 1.0001):
+    over 40 s the echo slides 4 ms against the reference."""
+    with Scene(tmp_path, "auto", sentences=28, drift=1e-4) as scene:
+        _agent_talks(scene, 40.0)
+        assert scene.count("sentence.play") >= 15
+        assert _barges(scene) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured 2 of 2 runs: one false barge 4.2 s into the answer "
+                   "(7.6 s with a 6 s warm-up tried instead of 3 s, so not the warm-up): "
+                   "AEC3 does not hold the echo with 93 ms mixer buffers; under "
+                   "investigation (issue 12)", strict=False)
+def test_a_2048_sample_mixer_buffer_never_barges(tmp_path: Path) -> None:
+    """SDL's buffer 2048 instead of 512: 93 ms of output latency instead of 23."""
+    with Scene(tmp_path, "auto", sentences=28, mixer_buffer=2048) as scene:
+        _agent_talks(scene, 30.0)
+        assert scene.count("sentence.play") >= 10
+        assert _barges(scene) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured 2 of 2 runs: one false barge about 1 s after the echo "
+                   "path jumps 70 ms: AEC3 re-finds the delay too slowly for the "
+                   "simulator's gate; a re-warm-up when the echo lag moves is not built yet",
+                   strict=False)
+def test_an_output_latency_jump_mid_speech_never_barges(tmp_path: Path) -> None:
+    """While the agent speaks, the speaker's sound reaches the mic 70 ms later from one
+    block to the next (what SDL's buffer going 512 -> 2048 does to the echo path, at
+    22.05 kHz): AEC3 must re-find the delay without passing echo as speech."""
+    with Scene(tmp_path, "auto", sentences=28) as scene:
+        _agent_talks(scene, 10.0)
+        assert scene.room is not None
+        scene.room.delay_more(70.0)
+        deadline = time.monotonic() + 20.0
+        wait_for(lambda: time.monotonic() > deadline or _barges(scene) > 0, 25,
+                 "20 s of speech after the jump")
+        assert scene.speaking() or scene.count("sentence.play") >= 8
+        assert _barges(scene) == 0
+
+
+@pytest.mark.slow
+def test_the_reference_stopping_and_starting_at_barges_never_barges(tmp_path: Path) -> None:
+    """Three button barges mid-sentence (the reference stops at once, the room's echo tail
+    rings on), each followed by the user's next question and a fresh answer (the reference
+    starts again): the simulator never barges on its own."""
+    import subprocess
+    import sys
+    rng = random.Random(5)
+    with Scene(tmp_path, "auto", sentences=28) as scene:
+        _agent_talks(scene, 6.0)
+        for _ in range(3):
+            scene.wait_event(lambda e: scene.speaking(), 30, "the agent speaking")
+            time.sleep(rng.uniform(0.3, 1.5))
+            done = subprocess.run([sys.executable, "-m", "soca_appliance", "ctl", "barge",
+                                   "--control-socket", str(tmp_path / "ctl.sock")],
+                                  capture_output=True, text=True, timeout=20)
+            assert done.returncode == 0, done.stderr
+            t = scene.room.t if scene.room else 0.0
+            assert scene.stopped_after(t - 1.0, timeout=5.0) is not None, "no stop"
+            n = scene.count("sentence.play")
+            scene.say(scene.greeting_raw)
+            scene.wait_count("sentence.play", n, 20)                # the next answer
+            deadline = time.monotonic() + 4.0
+            wait_for(lambda: time.monotonic() > deadline or _barges(scene) > 0, 10,
+                     "4 s of the new answer")
+        assert _barges(scene) == 0

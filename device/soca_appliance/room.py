@@ -240,81 +240,6 @@ class PulseRig:
         self.stop()
 
 
-class MonitorTap:
-    """What a rig's sink actually carries, recorded from its monitor with ``parec`` (16 kHz
-    mono s16le): for the mic sink, exactly what the room plays into the appliance's mic."""
-
-    def __init__(self, rig: PulseRig, sink: str = "mic") -> None:
-        self.proc = subprocess.Popen(["parec", "-d", f"{sink}.monitor", "--raw",
-                                      "--format=s16le", f"--rate={RATE}", "--channels=1",
-                                      "--latency-msec=20"], env=rig.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self._data = bytearray()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._read, name=f"tap-{sink}", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while True:
-            chunk = self.proc.stdout.read1(3200)
-            if not chunk:
-                return
-            with self._lock:
-                self._data += chunk
-
-    def samples(self) -> np.ndarray:
-        with self._lock:
-            raw = bytes(self._data[:len(self._data) // 2 * 2])
-        return np.frombuffer(raw, dtype="<i2").astype(np.float64)
-
-    def close(self) -> np.ndarray:
-        self.proc.terminate()
-        self.proc.wait(5)
-        self._thread.join(5)
-        return self.samples()
-
-
-def fidelity(up: np.ndarray, ref: np.ndarray, window: int = 4000,
-             search: int = 160) -> tuple[float, float]:
-    """How faithfully ``up`` carries ``ref``: the energy-weighted correlation over 250 ms
-    windows and the level lost (dB). ``ref`` is found in ``up`` by cross-correlation, then
-    each window is aligned on its own to the SAMPLE within +-10 ms: the rig's streams
-    underrun now and then on a busy machine (a few ms inserted or dropped, measured 2.4 ms
-    once), and a window off by even one sample of full-band speech correlates far less
-    (the old measure searched in steps of 2 samples and read 0.61-0.86 for a bit-exact
-    uplink)."""
-    up = np.asarray(up, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    size = 1 << int(np.ceil(np.log2(len(up) + len(ref))))
-    full = np.fft.irfft(np.fft.rfft(up, size) * np.conj(np.fft.rfft(ref, size)), size)
-    lag = int(np.argmax(full[:max(1, len(up) - len(ref) + 1)]))
-    num = den = e_up = e_ref = 0.0
-    for a in range(0, len(ref) - window + 1, window):
-        y = ref[a:a + window]
-        weight = float(np.dot(y, y))
-        if weight <= 0:
-            continue
-        lo, hi = max(0, lag + a - search), min(len(up), lag + a + window + search)
-        seg = up[lo:hi]
-        if len(seg) < window:
-            continue
-        # every shift at once: correlation of y with each window of seg
-        c = np.correlate(seg, y, mode="valid")
-        energy = np.convolve(seg ** 2, np.ones(window), mode="valid")
-        score = c / np.sqrt(np.maximum(energy, 1e-12) * weight)
-        k = int(np.argmax(score))
-        x = seg[k:k + window]
-        best = float(np.corrcoef(x, y)[0, 1]) if np.std(x) > 0 else 0.0
-        num += best * weight
-        den += weight
-        e_up += float(np.dot(x, x))
-        e_ref += weight
-    if den == 0:
-        return 0.0, float("inf")
-    return num / den, 10 * np.log10(e_ref / e_up) if e_up > 0 else float("inf")
-
-
 def _drain(pipe: Optional[IO[bytes]], first: threading.Event) -> None:
     if pipe is None:
         return
@@ -378,6 +303,21 @@ class RoomProcess:
                 raise RuntimeError("the room did not start the utterance")
             return self._said[n]
 
+    def delay_more(self, ms: float, timeout: float = 5.0) -> float:
+        """From now on the speaker reaches the mic ``ms`` later (an output whose latency
+        jumps, e.g. SDL's buffer 512 -> 2048: +70 ms at 22.05 kHz); returns when, in the
+        room's clock."""
+        assert self.proc.stdin is not None
+        with self._cond:
+            self._n += 1
+            n = self._n
+        self.proc.stdin.write(f"delay {n} {ms}\n")
+        self.proc.stdin.flush()
+        with self._cond:
+            if not self._cond.wait_for(lambda: n in self._said, timeout):
+                raise RuntimeError("the room did not take the delay")
+            return self._said[n]
+
     def wait_quiet_after(self, t: float, timeout: float) -> Optional[float]:
         with self._cond:
             self._cond.wait_for(lambda: any(q > t for q in self.quiet_at), timeout)
@@ -417,6 +357,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     play = subprocess.Popen(["pacat", "--playback", "-d", "mic", *fmt], stdin=subprocess.PIPE)
     assert rec.stdout is not None and play.stdin is not None
     pending: list[tuple[int, np.ndarray]] = []
+    delays: list[tuple[int, int]] = []
+    lag_line = np.zeros(0)             # the speaker's extra delay (see "delay")
     lock = threading.Lock()
     stop = threading.Event()
 
@@ -427,6 +369,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 voice = np.fromfile(parts[3].strip(), dtype="<i2").astype(np.float64)
                 with lock:
                     pending.append((int(parts[1]), voice * float(parts[2])))
+            elif len(parts) == 3 and parts[0] == "delay":
+                with lock:
+                    delays.append((int(parts[1]), int(round(float(parts[2]) * RATE / 1000))))
         stop.set()
 
     threading.Thread(target=commands, daemon=True).start()
@@ -447,6 +392,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                     playing.append(voice)
                     print(f"said {n} {sample / RATE:.4f}", flush=True)
                 pending.clear()
+                for n, extra in delays:
+                    lag_line = np.concatenate([lag_line, np.zeros(extra)])
+                    print(f"said {n} {sample / RATE:.4f}", flush=True)
+                delays.clear()
+            if len(lag_line):
+                lag_line = np.concatenate([lag_line, speaker])
+                heard, lag_line = lag_line[:BLOCK], lag_line[BLOCK:]
+            else:
+                heard = speaker
             near = np.zeros(BLOCK)
             rest = []
             for voice in playing:
@@ -454,7 +408,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if len(voice) > BLOCK:
                     rest.append(voice[BLOCK:])
             playing = rest
-            out = room.mic(speaker, near)
+            out = room.mic(heard, near)
             play.stdin.write(np.clip(np.rint(out), -32768, 32767).astype("<i2").tobytes())
             # The speaker counts as quiet after 60 ms under -60 dBFS (one clock with "said").
             level = float(np.sqrt(np.mean(speaker ** 2)))
