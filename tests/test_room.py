@@ -107,7 +107,7 @@ def test_a_minute_of_loud_echo_never_barges(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="measured 0.95-2.7 s (p50 1.23 s) on this loaded 2-core machine: the "
-                   "simulator's 300 ms of speech after its onset, AEC3's double-talk "
+                   "simulator's 0.6 s of voiced speech after its onset, AEC3's double-talk "
                    "suppression before the duck, the rig's ~100 ms (BENCHMARKS.md)",
                    strict=False)
 def test_ten_interruptions_barge_and_stop_the_agent_within_a_second(tmp_path: Path) -> None:
