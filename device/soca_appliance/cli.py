@@ -138,11 +138,11 @@ def run_appliance(cfg: Config, key: str, stop: Optional[threading.Event] = None,
                   until_idle_after_input: bool = False, timeout: Optional[float] = None) -> int:
     """Run until SIGTERM/SIGINT (or, for the demo, until the input is spoken and answered)."""
     from .appliance import Appliance
-    from .events import EventLog, Redactor, setup_logging
+    from .events import EventLog, Redactor, flush_logging, setup_logging
     from .service import Notifier
 
     events = EventLog(cfg.log_format, redactor=Redactor([key]))
-    setup_logging(events, cfg.log_level)
+    setup_logging(events, cfg.log_level, background=True)
     source = make_source(cfg)
     meter = None
     if cfg.web.listen:                      # the screen's mic level: a tap on the frames
@@ -164,6 +164,7 @@ def run_appliance(cfg: Config, key: str, stop: Optional[threading.Event] = None,
         finally:
             notifier.stopping()
             app.shutdown()
+            flush_logging()
     return 0
 
 

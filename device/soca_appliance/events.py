@@ -5,11 +5,20 @@ documented in the README); ``text`` prints short aligned lines with the conversa
 ``you:`` / ``agent:``. Diagnostic log records (the ``logging`` module) go to stderr in
 text mode and become ``{"event":"log"}`` lines in JSON mode. Every line passes through
 the redactor, so the private key cannot reach a log even by accident.
+
+In the appliance (``background=True``) log records reach stderr from one ``log-writer``
+thread through a bounded queue: a journal that stops reading blocks that thread only, never
+the link, player or capture thread that logged; records that do not fit are counted and one
+line says how many were lost. (Events already leave the orchestrator through its effects
+thread.)
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import threading
 import time
@@ -106,8 +115,90 @@ class _RedactingFormatter(logging.Formatter):
         return self.redact(super().format(record))
 
 
-def setup_logging(events: EventLog, level: str = "info", stream: Optional[TextIO] = None) -> None:
-    """Route the ``soca`` loggers: to stderr for people, into the event log for JSON."""
+class _Writer(logging.handlers.QueueListener):
+    """The one thread that writes log records; stops within a bounded wait."""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._monitor, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._thread = None
+        try:    # put_nowait (the stdlib's) would raise on a full queue
+            self.queue.put(self._sentinel, timeout=timeout)
+        except queue.Full:
+            return      # the output is stuck: the daemon thread goes with the process
+        thread.join(timeout)
+
+
+class BackgroundHandler(logging.handlers.QueueHandler):
+    """Queues records for a :class:`_Writer`; counts what a full queue refuses."""
+
+    def __init__(self, target: logging.Handler, max_records: int = 1024) -> None:
+        super().__init__(queue.Queue(max_records))
+        self.dropped = 0
+        self._unreported = 0
+        self._count_lock = threading.Lock()
+        self.writer = _Writer(self.queue, target)
+        self.writer.start()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        with self._count_lock:
+            lost, self._unreported = self._unreported, 0
+        try:
+            if lost:
+                self.queue.put_nowait(logging.makeLogRecord({
+                    "name": "soca.events", "levelno": logging.WARNING, "levelname": "WARNING",
+                    "msg": f"{lost} log lines lost while the log output was blocked"}))
+            self.queue.put_nowait(record)
+        except queue.Full:
+            with self._count_lock:
+                self.dropped += 1
+                self._unreported += lost + 1
+
+    def close(self) -> None:
+        self.writer.stop()
+        super().close()
+
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait (bounded) until the writer has written what is queued now."""
+        deadline = time.monotonic() + timeout
+        with self.queue.all_tasks_done:
+            while self.queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.queue.all_tasks_done.wait(left)
+        return True
+
+
+_background: Optional[BackgroundHandler] = None
+_exit_hook = False
+
+
+def _stop_background() -> None:
+    global _background
+    if _background is not None:
+        _background.close()
+        _background = None
+
+
+def flush_logging(timeout: float = 2.0) -> None:
+    """Let the log writer catch up (a bounded wait) before the appliance returns."""
+    if _background is not None:
+        _background.flush(timeout)
+
+
+def setup_logging(events: EventLog, level: str = "info", stream: Optional[TextIO] = None,
+                  background: bool = False) -> None:
+    """Route the ``soca`` loggers: to stderr for people, into the event log for JSON;
+    through the ``log-writer`` thread when ``background`` (the running appliance)."""
+    global _background, _exit_hook
+    _stop_background()
     root = logging.getLogger("soca")
     root.handlers.clear()
     # Our handler is the only one that sees appliance records: a handler some host program
@@ -120,4 +211,9 @@ def setup_logging(events: EventLog, level: str = "info", stream: Optional[TextIO
     else:
         handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
         handler.setFormatter(_RedactingFormatter(events.redact))
+    if background:
+        if not _exit_hook:     # what is queued reaches stderr before the process ends
+            atexit.register(_stop_background)
+            _exit_hook = True
+        handler = _background = BackgroundHandler(handler)
     root.addHandler(handler)
