@@ -470,3 +470,14 @@ def test_example_config_loads() -> None:
     assert cfg.url.startswith("wss://")
     assert cfg.frame_ms in (20, 40, 50)
     assert cfg.lang in ("id", "en")
+
+
+def test_the_button_mode_flag_overrides_the_file(tmp_path: Path) -> None:
+    from soca_appliance.cli import _overrides, build_parser
+    path = tmp_path / "soca.toml"
+    path.write_text('agent_id = "a"\nbutton_mode = "barge"\n')
+    args = build_parser().parse_args(["run", "--config", str(path),
+                                      "--button-mode", "push_to_talk"])
+    assert config.load(args.config, overrides=_overrides(args)).button_mode == "push_to_talk"
+    args = build_parser().parse_args(["run", "--config", str(path)])
+    assert config.load(args.config, overrides=_overrides(args)).button_mode == "barge"

@@ -65,6 +65,8 @@ def _appliance_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
                    help="send audio only around speech")
     p.add_argument("--duplex", choices=("auto", "aec", "half", "full"), help="echo policy")
     p.add_argument("--gpio", choices=("auto", "mock", "off"), help="button and LEDs")
+    p.add_argument("--button-mode", choices=("barge", "push_to_talk"),
+                   help="the button interrupts (barge) or is held to talk")
     p.add_argument("--control-socket", metavar="PATH", help="local control socket path")
     p.add_argument("--web-listen", metavar="HOST:PORT",
                    help='kiosk screen and /metrics address ("" for none)')
@@ -74,7 +76,7 @@ def _appliance_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("url", "agent_id", "lang", "input", "mic", "vad", "duplex", "gpio",
-            "control_socket", "log_format", "log_level")
+            "button_mode", "control_socket", "log_format", "log_level")
     return {**{k: getattr(args, k, None) for k in keys},
             "web.listen": getattr(args, "web_listen", None)}
 
