@@ -173,10 +173,10 @@ def check_discrete(p: GpioPanel, state: str, muted: bool) -> None:
 
 
 def test_make_panel_mock_uses_pwm(discrete: GpioPanel) -> None:
-    from gpiozero import PWMLED, Button
+    from gpiozero import PWMLED, DigitalInputDevice
     assert set(discrete.pins) == set(ROLES)
     assert all(isinstance(d, PWMLED) for d in discrete.pins.values())
-    assert isinstance(discrete.button, Button)
+    assert isinstance(discrete.button, DigitalInputDevice) and discrete.button.pull_up
     assert isinstance(discrete.pins["ready"].pin, MockPWMPin)
     assert str(discrete.button.pin) == f"GPIO{BUTTON}"
 
@@ -663,3 +663,21 @@ def test_control_socket_acts_like_the_button(rig: Rig,
         server.close()
     assert not os.path.exists(path)
     assert ctl_main(["--control-socket", path, "status"]) == 2
+
+
+def test_an_idle_button_has_no_thread_that_polls(discrete: GpioPanel) -> None:
+    """gpiozero's Button keeps a HoldThread waking every 100 ms for the life of the
+    process; the panel's long-press timer exists only while the button is down."""
+    from gpiozero.mixins import HoldThread
+
+    def threads(kind: str) -> list[threading.Thread]:
+        return [t for t in threading.enumerate()
+                if (isinstance(t, HoldThread) if kind == "hold" else t.name == "button-hold")]
+
+    assert threads("hold") == [] and threads("timer") == []
+    pin = discrete.button.pin
+    pin.drive_low()
+    assert len(threads("timer")) == 1
+    pin.drive_high()
+    wait_for(lambda: threads("timer") == [], 5, "the long-press timer to end with the press")
+    assert threads("hold") == []
