@@ -228,7 +228,9 @@ class ControlServer:
         sel.register(self._wake_r, selectors.EVENT_READ)
         try:
             while not self._stop.is_set():
-                for key, _ in sel.select(timeout=0.5):
+                # No timeout: close() wakes the selector through the pipe, so an idle
+                # kiosk's control thread never runs (it woke twice a second before).
+                for key, _ in sel.select():
                     if key.fileobj is self._wake_r or self._stop.is_set():
                         return
                     try:
