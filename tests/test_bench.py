@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,3 +157,14 @@ def test_player_soak_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert soak["barges"] + soak["resets"] > 0 and soak["progressive"] > 0
     assert soak["fds_last"] - soak["fds_first"] <= 1
     assert soak["threads_max"] == soak["threads_min"]
+
+
+def test_floor_duplex_chooses_the_appliances_echo_policy(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    from soca_appliance.bench.floor import appliance_config
+    assert 'duplex = "half"' in appliance_config(tmp_path, 20, "half").read_text()
+    assert 'duplex = "aec"' in appliance_config(tmp_path, 20).read_text()   # every feature on
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    assert "--floor-duplex" in capsys.readouterr().out

@@ -148,16 +148,21 @@ def _env() -> dict[str, str]:
     return env
 
 
-def appliance_config(workdir: Path, frame_ms: int) -> Path:
+def appliance_config(workdir: Path, frame_ms: int, duplex: Optional[str] = None) -> Path:
     """Every feature on: the web page and /metrics (on a free port), the control socket,
-    the echo canceller when this version's config has ``duplex = "aec"``."""
+    the echo canceller when this version's config has ``duplex = "aec"`` (or ``duplex``,
+    the bench's ``--floor-duplex``: ``half`` measures the streaming path alone)."""
     from .. import config
-    duplex = "aec" if "aec" in getattr(config, "_CHOICES", {}).get("duplex", ()) else "half"
-    path = workdir / "floor-config.toml"
+    if duplex is None:
+        duplex = "aec" if "aec" in getattr(config, "_CHOICES", {}).get("duplex", ()) else "half"
+    path = workdir / CONFIG_NAME
     path.write_text(f'frame_ms = {frame_ms}\nduplex = "{duplex}"\n'
                     f'control_socket = "{workdir / "floor-ctl.sock"}"\n'
                     '[web]\nlisten = "127.0.0.1:0"\n')
     return path
+
+
+CONFIG_NAME = "floor-config.toml"     # written once per run by run_floor
 
 
 def command(kind: str, url: str, workdir: Path, frame_ms: int,
@@ -167,7 +172,7 @@ def command(kind: str, url: str, workdir: Path, frame_ms: int,
     return [sys.executable, *launcher, "run", "--url", url,
             "--agent-id", "bench-agent", "--lang", "en", "--input", str(SPEECH_WAV),
             "--gpio", "mock", "--log-format", "json",
-            "--config", str(appliance_config(workdir, frame_ms))]
+            "--config", str(workdir / CONFIG_NAME)]
 
 
 class Streamer:
@@ -285,9 +290,11 @@ _KEYS = ("cpu_pct", "us_per_frame", "vcs_per_s", "nvcs_per_s", "threads", "frame
 
 def run_floor(workdir: Path, rounds: int, seconds: float, frame_ms: int = 20,
               settle: float = 1.0, instructions: bool = False,
-              importtime: bool = True, wyoming: Optional[str] = None) -> dict[str, Any]:
+              importtime: bool = True, wyoming: Optional[str] = None,
+              duplex: Optional[str] = None) -> dict[str, Any]:
     """Alternating rounds of the floor and the appliance (and wyoming-satellite at 20 and
     64 ms chunks when its executable is given); medians and ratios."""
+    config_text = appliance_config(workdir, frame_ms, duplex).read_text()
     kinds = ["floor", "appliance"] + (["wyoming_20ms", "wyoming_64ms"] if wyoming else [])
     per: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     with Sink() as sink:
@@ -306,7 +313,7 @@ def run_floor(workdir: Path, rounds: int, seconds: float, frame_ms: int = 20,
                     "soca-appliance run, every feature on; alternating rounds, medians"
             if frame_ms == 20 else f"as at 20 ms, with {frame_ms} ms frames",
             "frame_ms": frame_ms, "rounds": rounds, "window_s": seconds,
-            "appliance_config": appliance_config(workdir, frame_ms).read_text(),
+            "appliance_config": config_text,
         }
         for kind, rows in per.items():
             out[kind] = {k: _med([r[k] for r in rows]) for k in _KEYS}

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wyoming", metavar="EXE", default=None,
                    help="with --floor: also wyoming-satellite (its executable, installed "
                         "apart) at 20 and 64 ms chunks in the same rounds")
+    p.add_argument("--floor-duplex", choices=("auto", "aec", "half", "full"), default=None,
+                   help="with --floor: the appliance's duplex (default aec, every feature "
+                        "on; half measures the streaming path without the echo canceller)")
     p.add_argument("--instructions", action="store_true",
                    help="with --floor: also count instructions per frame under valgrind "
                         "(about 2 minutes more)")
@@ -72,7 +75,8 @@ def floor_main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="soca-bench-floor-") as tmp:
         try:
             floor = run_floor(Path(tmp), rounds, window, args.frame_ms,
-                              instructions=args.instructions, wyoming=args.wyoming)
+                              instructions=args.instructions, wyoming=args.wyoming,
+                              duplex=args.floor_duplex)
         except BenchError as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 1
