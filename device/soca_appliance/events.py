@@ -163,7 +163,6 @@ class BackgroundHandler(logging.handlers.QueueHandler):
         self.writer.stop()
         super().close()
 
-
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait (bounded) until the writer has written what is queued now."""
         deadline = time.monotonic() + timeout

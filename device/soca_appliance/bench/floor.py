@@ -148,6 +148,9 @@ def _env() -> dict[str, str]:
     return env
 
 
+CONFIG_NAME = "floor-config.toml"     # written once per run by run_floor
+
+
 def appliance_config(workdir: Path, frame_ms: int, duplex: Optional[str] = None) -> Path:
     """Every feature on: the web page and /metrics (on a free port), the control socket,
     the echo canceller when this version's config has ``duplex = "aec"`` (or ``duplex``,
@@ -160,9 +163,6 @@ def appliance_config(workdir: Path, frame_ms: int, duplex: Optional[str] = None)
                     f'control_socket = "{workdir / "floor-ctl.sock"}"\n'
                     '[web]\nlisten = "127.0.0.1:0"\n')
     return path
-
-
-CONFIG_NAME = "floor-config.toml"     # written once per run by run_floor
 
 
 def command(kind: str, url: str, workdir: Path, frame_ms: int,
