@@ -219,3 +219,35 @@ def test_channel_state_reads_through_pygame_hand_off_races() -> None:
     # idle
     assert not channel_busy(FakeChannel(False, None, None))
     assert stranded_queue(FakeChannel(False, None, None)) is None
+
+
+def test_a_sentence_given_before_the_speaker_first_opens_waits_for_it() -> None:
+    """Start-up opens the speaker after stt.ready (issue 13): a greeting that comes first
+    waits in the queue and is played once the output opens, not dropped."""
+    ev = Events()
+    player = Player(ev.callbacks)
+    assert player.opening
+    assert player.enqueue(Sentence(1, 1, MP3, "a greeting"))       # not started yet
+    player.start()
+    try:
+        assert ev.idle.wait(10) and [s.text for s in ev.started] == ["a greeting"]
+        assert not player.opening and player.dropped == 0
+    finally:
+        player.close(2)
+
+
+def test_with_no_speaker_at_start_what_waited_for_it_is_dropped_once(monkeypatch) -> None:
+    monkeypatch.setenv("SDL_AUDIODRIVER", "alsa")           # no card here: it cannot open
+    stops: list[tuple[int, str]] = []
+    ev = Events()
+    ev.callbacks.on_stop = lambda s, reason: stops.append((s.sentence_id, reason))
+    player = Player(ev.callbacks, retry_s=30, presence=Socket(plugged=False))
+    assert player.enqueue(Sentence(1, 1, MP3, "a greeting"))
+    player.start()
+    try:
+        wait_for(lambda: stops, 10, "the waiting sentence dropped")
+        assert stops == [(1, "no output")] and player.dropped == 1 and not player.opening
+        assert not player.enqueue(Sentence(1, 2, MP3, "and the next"))  # no speaker: no queue
+        assert len(ev.errors) == 1 and not ev.started
+    finally:
+        player.close(2)

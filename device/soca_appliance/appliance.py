@@ -12,6 +12,11 @@ A link session's conversation state is one :class:`~soca_appliance.turn.Turn`, r
 with the assembler's and the player's state in one place, :meth:`Appliance._session_start`,
 when a new socket opens: before the handshake, so that what the server says between
 ``ready`` and ``stt.ready`` (a greeting) belongs to the new session and is heard.
+
+Start-up connects first: the audio side (the echo canceller, the player's pygame, the
+microphone, and numpy with them) starts once the link is streaming (``stt.ready``), has
+failed once, or has audio to play, whichever comes first (issue 13). A greeting sent
+before that waits in the player's queue for the speaker's first opening.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import time
 from importlib import resources
 from typing import Any, Callable, Optional, Protocol
 
-from . import echo, protocol
+from . import protocol
 from .assembler import Assembler, Sentence
 from .config import Config
 from .conversation import Conversation
@@ -42,7 +47,7 @@ log = logging.getLogger("soca.appliance")
 
 HALF_DUPLEX_SETTLE_S = 0.3     # the room's echo dies down this long after the speaker stops
 FLUSH_S = 1.0                  # the button and ctl wait this long at most for their effects
-SPEAKER_WAIT_S = 2.0           # at start, the link waits this long at most for the speaker
+AUDIO_WAIT_S = 3.0             # at start, the audio side waits this long at most for the link
 
 __all__ = ["Appliance", "Counters", "WarningLimiter", "Source"]
 
@@ -77,9 +82,11 @@ class Appliance(Conversation):
         self.assembler = Assembler(cfg.max_sentence_bytes, cfg.max_pending_sentences,
                                    cfg.sentence_timeout, cfg.progressive_playback)
         self.gate = VadGate(cfg.vad_aggressiveness, cfg.frame_ms) if cfg.vad else None
-        # Echo policy (echo.py): "auto" is the canceller when it imports, else half duplex.
-        self.duplex, self.echo = echo.attach(cfg.duplex, cfg.frame_ms)
-        self._speaker_open = threading.Event()
+        # Echo policy (echo.py), decided when the audio side starts: "auto" is the
+        # canceller when it imports, else half duplex.
+        self.duplex = cfg.duplex if cfg.duplex in ("half", "full") else "half"
+        self.echo: Optional[Any] = None
+        self._audio_wanted = threading.Event()      # start the audio side now
         self._own_player = player is None
         self.player = player or Player(PlayerCallbacks(
             on_start=self._sentence_started, on_stop=self._sentence_stopped,
@@ -113,13 +120,18 @@ class Appliance(Conversation):
         self.effects.start()
         with self._lock:
             self._show()
-        self.player.start()
-        if self._own_player:
-            # An agent that greets first speaks right after the handshake: give the speaker
-            # a moment to open, or the greeting would find no output (it opens in ms; a
-            # kiosk without one goes on after SPEAKER_WAIT_S).
-            self._speaker_open.wait(SPEAKER_WAIT_S)
         self.link.start()
+        # stt.ready, the first failure to connect, or audio to play (a greeting), at most
+        # AUDIO_WAIT_S: frames sent before stt.ready are dropped anyway.
+        self._audio_wanted.wait(AUDIO_WAIT_S)
+        self._start_audio()
+
+    def _start_audio(self) -> None:
+        from . import echo      # numpy, the canceller: not before the link is up
+        duplex, path = echo.attach(self.cfg.duplex, self.cfg.frame_ms)
+        with self._lock:
+            self.duplex, self.echo = duplex, path
+        self.player.start()     # before the microphone: on_frame asks it what plays
         self.source.start(self.on_frame)
 
     def run(self, stop: threading.Event, tick: Callable[[bool, str], None] = lambda h, s: None
@@ -275,6 +287,7 @@ class Appliance(Conversation):
             if self.turn.phase == "connecting":       # a greeting may be playing already
                 self.turn.phase = "ready"
             self._show()
+        self._audio_wanted.set()
         self.cues.connected()                          # the optional "ready" cue
 
     def _disconnected(self, code: Optional[int], reason: str, retry_in: float,
@@ -287,6 +300,7 @@ class Appliance(Conversation):
                 self._emit("error", message=f"authentication refused: {reason}")
                 self._faults.add("auth")
             self._set("connecting")
+        self._audio_wanted.set()             # offline: the cues and the button need it
 
     def _bad_message(self, error: str) -> None:
         self.counters.add("bad_messages")
@@ -326,7 +340,6 @@ class Appliance(Conversation):
                 self._fault("speaker", True)
 
     def _audio_open(self, info: OutputInfo) -> None:
-        self._speaker_open.set()
         if self.echo is not None:            # the reference: what the mixer now mixes
             self.echo.mixer_opened(info.frequency, info.channels)
         with self._lock:
@@ -334,6 +347,7 @@ class Appliance(Conversation):
                        buffer=info.buffer, buffer_ms=round(info.buffer_ms, 1),
                        driver=info.driver)
             self._fault("speaker", False)
+        self.cues.output_opened()              # the ready cue, when it came first
 
     def mic_error(self, message: str) -> None:
         with self._lock:

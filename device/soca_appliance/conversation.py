@@ -35,6 +35,7 @@ class Conversation:
     _log: Callable[..., None]               # (level, message, *args): a log line, as one
     _set: Callable[[str], None]             # the conversation phase, shown
     _fault: Callable[[str, bool], None]     # a fault (auth, speaker, mic) on or off
+    _audio_wanted: threading.Event          # set: the audio side must start (a greeting)
 
     def handle(self, msg: ServerMessage) -> None:
         """One parsed server message (called by the link thread, or by tests)."""
@@ -62,6 +63,7 @@ class Conversation:
             self._apply(self.assembler.observe_seq(msg.seq))
             return
         self.assembler.max_pending = self.budget.room()
+        self._audio_wanted.set()        # speech before stt.ready: the speaker opens for it
         self._apply(self.assembler.add(msg, time.monotonic()))
 
     def _server_barge(self, msg: Barge) -> None:

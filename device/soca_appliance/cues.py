@@ -74,6 +74,7 @@ class Cues:
         self._clock = clock
         self._mp3 = load_cues(lang)
         self._lock = threading.Lock()
+        self._deferred: str | None = None     # said when the speaker first opens
         self.played: dict[str, int] = dict.fromkeys(CUE_NAMES, 0)
 
     def speech_started(self, state: str) -> bool:
@@ -85,6 +86,18 @@ class Cues:
     def connected(self) -> bool:
         with self._lock:
             name = self.policy.connected(self.player.busy)
+            if name is not None and self.player.opening:
+                # At start the speaker opens after stt.ready (issue 13): say it then.
+                self._deferred = name
+                return False
+        return name is not None and self._play(name)
+
+    def output_opened(self) -> bool:
+        """The speaker is open: the cue that came before it is said now."""
+        with self._lock:
+            name, self._deferred = self._deferred, None
+            if name is not None and self.player.busy:
+                return False                   # a greeting says it better
         return name is not None and self._play(name)
 
     def _play(self, name: str) -> bool:

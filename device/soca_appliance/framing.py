@@ -3,14 +3,14 @@
 A :class:`Converter` turns interleaved PCM16 at the device's rate and channel count into
 mono 16 kHz PCM16 (downmix, soxr's streaming resampler with its anti-alias filter, a
 clip-safe gain); a :class:`Framer` cuts exact 20/40/50 ms frames from blocks of any size.
+
+numpy and soxr load on first use, not with :class:`Frame`: the link imports this module
+and reaches ``stt.ready`` before the audio side needs them (issue 13).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
-import numpy as np
-import soxr
+from typing import Any, Optional
 
 from .protocol import SAMPLE_RATE
 
@@ -32,13 +32,15 @@ class Converter:
                          and self.gain == 1.0)
         # One stream for the whole capture, so the filter state carries across blocks:
         # no clicks at block edges.
-        self._resampler: Optional[soxr.ResampleStream] = None
+        self._resampler: Optional[Any] = None       # soxr.ResampleStream
         if self.in_rate != SAMPLE_RATE:
+            import soxr
             self._resampler = soxr.ResampleStream(self.in_rate, SAMPLE_RATE, 1, dtype="float32")
 
     def convert(self, block: bytes, last: bool = False) -> bytes:
         if self.identity:
             return block
+        import numpy as np
         samples = np.frombuffer(block, dtype="<i2")
         usable = len(samples) - len(samples) % self.in_channels
         audio = samples[:usable].astype(np.float32)
@@ -70,6 +72,7 @@ class Framer:
 
 
 def rms_dbfs(pcm: bytes) -> float:
+    import numpy as np      # (loaded by then: a dictionary lookup per frame)
     samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
     if samples.size == 0:
         return float("-inf")

@@ -21,8 +21,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import os
-import sys
 import threading
 import time
 from collections import deque
@@ -34,43 +32,12 @@ from . import devices  # noqa: E402
 from .assembler import Piece, Sentence  # noqa: E402
 from .backoff import Backoff  # noqa: E402
 from .output import AudioOutput, OutputInfo, channel_busy as _busy  # noqa: E402
+from .output import pygame  # noqa: E402,F401 - imported on first use (tests, bench use it)
 from .output import stranded_queue as _stranded  # noqa: E402
 
 log = logging.getLogger("soca.player")
 
 
-class _LazyPygame:
-    """``pygame``, imported on first use (by the player thread when it opens the output),
-    not while the appliance's modules load."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_import_pygame(), name)
-
-
-_pygame_module: Any = None
-
-
-def _import_pygame() -> Any:
-    global _pygame_module
-    if _pygame_module is not None:
-        return _pygame_module
-    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")   # no banner on the kiosk's log
-    # pygame.pkgdata imports pkg_resources only to find pygame's own data files (fonts, an
-    # icon: never used here), and reads them itself without it. That import scans every
-    # installed distribution: 0.25-0.6 s and about 10 MB of peak RSS (bench --floor).
-    blocked = "pkg_resources" not in sys.modules and "pygame" not in sys.modules
-    if blocked:
-        sys.modules["pkg_resources"] = None     # type: ignore[assignment]
-    try:
-        import pygame as module
-    finally:
-        if blocked and sys.modules.get("pkg_resources", False) is None:
-            del sys.modules["pkg_resources"]
-    _pygame_module = module
-    return module
-
-
-pygame: Any = _LazyPygame()
 
 SPEECH_CHANNEL = 0
 CUE_CHANNEL = 1
@@ -126,6 +93,9 @@ class Player:
                                   on_output=self._output_open, presence=presence,
                                   retry_s=retry_s, retry_max_s=retry_max_s, poll_s=poll_s)
         self.info: Optional[OutputInfo] = None
+        # Until the output's first opening has been tried, sentences wait for it: a
+        # greeting that comes before the speaker is open (issue 13) is kept, not dropped.
+        self._first_open = True
         self.played = 0
         self.dropped = 0
         self.underruns = 0
@@ -233,6 +203,12 @@ class Player:
                 log.warning("speaker volume could not change: %s", exc)
 
     @property
+    def opening(self) -> bool:
+        """The output's first opening is still to come (sentences wait for it)."""
+        with self._cond:
+            return self._first_open
+
+    @property
     def busy(self) -> bool:
         with self._cond:
             return self._current is not None or bool(self._queue)
@@ -261,7 +237,7 @@ class Player:
     def _admit(self, sentence: Sentence) -> bool:
         if self._closed:
             return False
-        if self.info is None:
+        if self.info is None and not self._first_open:
             self.dropped += 1
             self._lost_drops += 1
             # Once per outage at warning level: a flood of sentences is not a flood of lines.
@@ -318,7 +294,10 @@ class Player:
             while not self._closed:
                 try:
                     if self.info is None:
-                        if not self.output.try_open():
+                        opened = self.output.try_open()
+                        if not opened and self._first_open:
+                            self._first_open_failed()
+                        if not opened:
                             with self._cond:
                                 if not self._closed:
                                     self._cond.wait(self.output.due_in())
@@ -336,10 +315,22 @@ class Player:
     def _output_open(self, info: OutputInfo) -> None:
         with self._cond:
             self.info = info
+            self._first_open = False
             dropped, self._lost_drops = self._lost_drops, 0
         if dropped:
             log.info("audio output back: %d sentence(s) were not played meanwhile", dropped)
         self.cb.on_output(info)
+
+    def _first_open_failed(self) -> None:
+        """No speaker at start: what waited for it goes the way of every sentence while
+        there is none."""
+        with self._cond:
+            self._first_open = False
+            waiting = [i.sentence for i in self._queue]
+        if waiting:
+            self.dropped += len(waiting)
+            log.warning("no audio output: %d sentence(s) not played", len(waiting))
+            self.stop_all("no output")
 
     def _output_lost(self) -> None:
         with self._cond:

@@ -20,8 +20,6 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-import numpy as np
-
 WINDOW_S = 60
 FULL_SCALE = 32768.0
 
@@ -58,6 +56,7 @@ class MicMeter:
             return
         # int64 sums, not np.dot: on a second of audio BLAS would start its thread pool,
         # whose threads spin after every call.
+        import numpy as np      # once a second; not at start, before stt.ready (issue 13)
         wide = np.frombuffer(self._pending, dtype="<i2").astype(np.int64)
         sumsq = float(np.square(wide).sum())
         peak = float(np.abs(wide).max())
