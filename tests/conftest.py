@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +27,22 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def assert_never_wakes(thread: threading.Thread, window_s: float = 1.2) -> None:
+    """``thread`` (of this process) blocks, and over ``window_s`` has no voluntary context
+    switch: it waits on its file descriptors, not on a poll timeout."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status")
+    wait_for(lambda: "State:\tS" in status.read_text(), 5, f"{thread.name} to block")
+
+    def switches() -> int:
+        return int(status.read_text().split("voluntary_ctxt_switches:")[1].split()[0])
+
+    before = switches()
+    deadline = time.monotonic() + window_s      # a window, not a wait for something
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert switches() == before, f"{thread.name} woke while idle"
 
 
 @pytest.fixture(scope="session")

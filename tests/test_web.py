@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import wait_for
+from conftest import assert_never_wakes, wait_for
 from soca_appliance.events import EventLog, Redactor
 from soca_appliance.web import WebServer, serve
 from soca_appliance.web.feed import CLIENT_QUEUE
@@ -34,6 +34,17 @@ def web(app: FakeApp, events: EventLog) -> Iterator[WebServer]:
     server = make_server(app, events)
     yield server
     server.close()
+
+
+def test_an_idle_web_thread_never_wakes_and_close_still_stops_it(web: WebServer) -> None:
+    """It waits on its socket and a wake-up pipe (serve_forever polled 5 times a second)."""
+    thread = web._thread
+    assert thread is not None and thread.is_alive()
+    assert_never_wakes(thread)
+    assert request(web.port, "GET", "/api/status")[0] == 200   # and still serves
+    started = time.monotonic()
+    web.close()
+    assert not thread.is_alive() and time.monotonic() - started < 0.5
 
 
 # --- pages and buttons --------------------------------------------------------------------

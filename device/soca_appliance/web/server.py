@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import selectors
 import socket
 import threading
 import time
@@ -107,6 +109,7 @@ class WebServer:
         self._metrics_lock = threading.Lock()
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
+        self._wake: Optional[tuple[int, int]] = None     # (read, write): wakes _serve
         self._files = {name: _asset(name) for name in ("index.html", *STATIC)}
         self._last_refusal_log = 0.0
 
@@ -114,10 +117,22 @@ class WebServer:
         """Bind and serve; raise OSError when the address cannot be used."""
         self._server = _Server((self.settings.host, self.settings.port), self)
         self.stopping.clear()
-        self._thread = threading.Thread(target=self._server.serve_forever, name="web",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._wake = os.pipe()
+        self._thread = threading.Thread(target=self._serve, args=(self._server, self._wake[0]),
+                                        name="web", daemon=True)
         self._thread.start()
         log.info("screen and metrics on %s", self.url)
+
+    def _serve(self, server: _Server, wake: int) -> None:
+        """``serve_forever`` without its poll: it woke an idle kiosk five times a second
+        (issue 13). Waits on the listening socket and a pipe :meth:`close` writes to."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(server, selectors.EVENT_READ)
+            selector.register(wake, selectors.EVENT_READ)
+            while not self.stopping.is_set():
+                for key, _ in selector.select():
+                    if key.fileobj is server and not self.stopping.is_set():
+                        server._handle_request_noblock()    # what serve_forever calls
 
     @property
     def port(self) -> int:
@@ -133,11 +148,16 @@ class WebServer:
         self.stopping.set()
         self.feed.detach()
         self.feed.wake_all()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._wake is not None:
+            os.write(self._wake[1], b"x")       # the serving thread wakes and ends
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._server is not None:
+            self._server.server_close()
+        if self._wake is not None and not (self._thread and self._thread.is_alive()):
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
         deadline = time.monotonic() + timeout
         while self.feed.clients and time.monotonic() < deadline:
             time.sleep(0.02)        # SSE loops notice ``stopping`` within their wait
