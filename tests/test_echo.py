@@ -12,8 +12,9 @@ import pytest
 from audio_helpers import espeak, have_espeak, sine
 from soca_appliance import echo
 from soca_appliance.echo import AEC_LATENCY, EchoPath, measure_echo_path, resolve_duplex
-from soca_appliance.echo_reference import (DUCK_GAIN, Ducker, MicClock, ReferenceRing,
-                                           ReferenceStream, estimate_lag, to_reference)
+from soca_appliance.echo_reference import (DUCK_GAIN, Ducker, MicClock, NoiseFloor,
+                                           ReferenceRing, ReferenceStream, estimate_lag,
+                                           to_reference)
 from soca_appliance.framing import Frame
 from soca_appliance.room import BLOCK, Room, RoomSettings, level_for
 
@@ -247,7 +248,9 @@ def test_echo_path_cancels_with_the_mixers_output_as_reference(speech) -> None:
                          / np.mean(np.concatenate(out[settled]) ** 2))
     assert erle > 30.0, f"ERLE {erle:.1f} dB"
     assert path.stats.frames_warmup >= 140        # first 3 s of the agent: half duplex
-    assert not np.concatenate(out[55:50 + 140]).any()
+    # ... sent as the room's noise floor (-65 dBFS: 18.4 RMS), none of the echo
+    warm = np.concatenate(out[55:50 + 140])
+    assert 12.0 < np.sqrt(np.mean(warm ** 2)) < 25.0
     assert path.stats.anchors == 1                # one lag for the whole run
 
 
@@ -321,6 +324,94 @@ def test_reference_stream_follows_a_drifting_clock_and_a_restart() -> None:
     for k in range(140):
         stream.push(bytes(640), int(pos) + 8000 + 320 * (k + 1))
     assert stream.anchors == 2
+
+
+class _Passthrough:
+    """A canceller that cancels nothing (pure logic tests: placement, modes, levels)."""
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        return near.copy()
+
+    def reset(self) -> None:
+        pass
+
+
+DATA = Path(__file__).parent / "data" / "echo"
+
+
+@pytest.mark.parametrize("buffer", [512, 2048])
+def test_the_reference_never_lands_behind_the_mic_with_the_rooms_own_timing(buffer: int) -> None:
+    """The mixing times and mic frame times of a real run through the room (SDL's pulse
+    driver, 22.05 kHz, ``mixer_buffer`` 512 and 2048; recorded from EchoPath's inputs),
+    replayed in order: no buffer lands behind the mic's read position, so the reference
+    never jumps 10 ms later mid-speech. With a 30 ms lead it landed up to 31 ms late (soxr
+    hands its output over in lumps, the GIL delays the tap) and jumped 2-3 times in 30 s,
+    each time collapsing AEC3's cancellation from 33 to 13 dB for seconds: a false barge."""
+    rec = np.load(DATA / f"echo-timing-mixer{buffer}.npz")
+    path = EchoPath(_Passthrough(), is_speech=lambda pcm: False)
+    path._stream = ReferenceStream(path._ring, int(rec["rate"]), int(rec["channels"]))
+    lead = path._ahead
+    silence = {n: bytes(2 * n) for n in set(rec["n"].tolist())}
+    for k, (kind, t, n) in enumerate(zip(rec["kind"], rec["t"], rec["n"])):
+        if kind == 0:
+            path.mixed(silence[int(n)], 100.0 + float(t))
+        else:
+            path.process(Frame(bytes(2 * int(n)), 100.0 + float(t), k), True)
+    assert path.stats.buffers > 300
+    assert path._ring.late == 0
+    assert path._ahead == lead                      # never moved
+
+
+def test_the_reference_streams_first_placement_settles_in_seconds_whatever_the_buffer() -> None:
+    """2048-sample buffers (93 ms): the first is reported 10 ms earlier than the rest. The
+    stream settles on the rest within its first windows of 1.5 s of audio, before an
+    answer could start; counted in buffers (64), a window was 6 s and the reference moved
+    well into the first answer."""
+    ring = ReferenceRing(max_segments=4096)
+    stream = ReferenceStream(ring, 22050, 1)
+    step = 2048 * 16000 / 22050
+    stream.push(bytes(4096), 0)
+    for k in range(1, 50):                           # 4.6 s
+        stream.push(bytes(4096), int(round(k * step)) + 160)
+    assert abs((stream._anchor or 0) - 160) <= 6
+
+
+def test_noise_floor_is_the_rooms_not_silence_or_speech() -> None:
+    rng = np.random.default_rng(4)
+    floor = NoiseFloor()
+    for k in range(600):
+        if k < 20:
+            frame = np.zeros(320)                       # a stream starting
+        elif k % 50 < 20:
+            frame = rng.standard_normal(320) * 3000     # someone speaking
+        else:
+            frame = rng.standard_normal(320) * 20.0
+        floor.observe(frame.astype(np.int16))
+    assert 17.0 < floor.rms < 21.0
+    noise = floor.comfort(16000)
+    assert abs(np.sqrt(np.mean(noise ** 2)) / floor.rms - 1) < 0.05
+
+
+def test_the_warm_up_sends_the_rooms_noise_floor_not_digital_silence() -> None:
+    """Until the canceller has learnt the room the uplink carries no echo, but the far
+    end's VAD must not learn digital zeros: after them, the noise floor that follows reads
+    as speech (measured through the room: 59 of 60 frames voiced, a false barge)."""
+    rng = np.random.default_rng(5)
+    path = EchoPath(_Passthrough(), is_speech=lambda pcm: False, warmup_s=3.0)
+    path._stream = ReferenceStream(path._ring, 16000, 1)
+    out = []
+    for k in range(250):
+        if k >= 100:                                     # the agent speaks from 2 s
+            path.mixed((rng.standard_normal(320) * 3000).astype("<i2").tobytes(),
+                       50.0 + (k + 1) * 0.02)
+        mic = (rng.standard_normal(320) * 20.0).astype("<i2").tobytes()
+        pcm, _ = path.process(Frame(mic, 50.0 + (k + 1) * 0.02, k), True)
+        out.append(np.frombuffer(pcm.pcm, dtype="<i2").astype(np.float64))
+    assert path.stats.frames_warmup >= 100
+    warm = out[110:250]
+    assert all(np.any(f) for f in warm)
+    level = np.sqrt(np.mean(np.concatenate(warm) ** 2))
+    assert 15.0 < level < 25.0
 
 
 # --- measuring the echo path ------------------------------------------------------------------

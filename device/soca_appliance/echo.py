@@ -26,14 +26,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .echo_reference import (DUCK_GAIN, RATE, Ducker, MicClock, ReferenceRing,  # noqa: F401
-                             ReferenceStream, estimate_lag, to_reference)
+from .echo_reference import (DUCK_GAIN, RATE, Ducker, MicClock, NoiseFloor,  # noqa: F401
+                             ReferenceRing, ReferenceStream, estimate_lag, to_reference)
 from .framing import Frame
 
 log = logging.getLogger("soca.echo")
 
 AEC_LATENCY = 128                 # samples the canceller's output lags its input (measured)
-MAX_AHEAD = RATE // 10            # the reference never goes more than 100 ms ahead
+MAX_AHEAD = RATE * 15 // 100      # the reference never goes more than 150 ms ahead
 
 
 # --- the bindings -----------------------------------------------------------------------
@@ -168,12 +168,16 @@ class EchoPath:
     otherwise, delayed by the canceller's own latency and crossfaded so switching does not
     click (the canceller's mandatory DC high-pass would otherwise colour a voice that has
     no echo to lose). Until ``warmup_s`` of sound has been heard the canceller has not
-    learnt the room: those frames go up as silence, as in half duplex.
+    learnt the room: those frames go up as the room's own noise floor (comfort noise), as
+    half duplex's silence would, but not digital zeros: a far end's VAD adapts to its input's
+    floor, and after seconds of zeros it takes the room's noise that follows for speech
+    (measured through the room: 59 of the next 60 frames voiced after the warm-up's zeros,
+    3 after comfort noise at the floor; the simulator barged on it 0.6 s later).
     """
 
     def __init__(self, canceller: Any, frame_ms: int = 20,
                  is_speech: Optional[Callable[[bytes], bool]] = None,
-                 warmup_s: float = 3.0, tail_s: float = 1.0, ahead_s: float = 0.03) -> None:
+                 warmup_s: float = 3.0, tail_s: float = 1.0, ahead_s: float = 0.08) -> None:
         self._aec = canceller
         self._clock = MicClock()
         self._ring = ReferenceRing()
@@ -190,6 +194,7 @@ class EchoPath:
         self._since_ref = self._tail  # samples since the last sound in the reference
         self._delay = np.zeros(AEC_LATENCY, dtype=np.int16)
         self._mode = "raw"
+        self._floor = NoiseFloor()
         self._ahead = int(ahead_s * RATE)
 
     @property
@@ -214,7 +219,11 @@ class EchoPath:
         """A buffer the mixer mixed at ``t``. It is placed ``ahead`` of the mic's sample at
         ``t``: the canceller only meets it when the next mic frame comes (up to a frame
         later), and a reference behind the reader is lost; the echo itself comes an output
-        latency later still, so the reference keeps its lead."""
+        latency later still, so the reference keeps its lead. The lead (80 ms) covers the
+        buffers' lateness measured through the room (up to 31 ms: soxr hands its output
+        over in lumps, the GIL delays the tap); each buffer that still lands behind the
+        reader moves the reference 10 ms later for good, and AEC3 takes seconds to re-learn
+        such a jump (measured: 33 -> 13 dB), so it must not happen mid-speech."""
         with self._lock:
             if self._stream is not None:
                 late = self._ring.late
@@ -257,8 +266,11 @@ class EchoPath:
             mode, self.stats.frames_warmup = "mute", self.stats.frames_warmup + 1
         else:
             mode = "clean"
-        paths = {"raw": raw[:n].astype(np.float32), "clean": clean.astype(np.float32),
-                 "mute": np.zeros(n, dtype=np.float32)}
+        if not sound.size:
+            self._floor.observe(near)
+        paths = {"raw": raw[:n].astype(np.float32), "clean": clean.astype(np.float32)}
+        if mode == "mute" or self._mode == "mute":
+            paths["mute"] = self._floor.comfort(n)
         out = paths[mode]
         if mode != self._mode:
             # A 20 ms crossfade: the canceller's high-pass shifts a voice's low end in

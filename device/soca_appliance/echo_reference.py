@@ -1,5 +1,5 @@
 """The echo canceller's pure parts: the mic's sample clock, the far-end reference placed on
-it, the ducking decision and the lag estimate. No devices, no threads, no binding.
+it, the mic's noise floor, the ducking decision and the lag estimate. No devices, no threads, no binding.
 
 The reference is the mixer's own output (every buffer SDL_mixer mixes, silence included,
 taken by a post-mix tap), resampled to 16 kHz and laid end to end on the mic's sample
@@ -116,7 +116,7 @@ class ReferenceStream:
     """The mixer's output, buffer by buffer, laid end to end on the mic's sample clock."""
 
     def __init__(self, ring: ReferenceRing, rate: int, channels: int,
-                 reanchor_s: float = 0.03, window: int = 64) -> None:
+                 reanchor_s: float = 0.03, window_s: float = 1.5) -> None:
         self.ring = ring
         self.rate, self.channels = rate, channels
         # One stream for the mixer's life: its output is aligned with its input (soxr
@@ -126,7 +126,12 @@ class ReferenceStream:
         self._anchor: Optional[float] = None    # mic index of the mixer's first sample
         self._in = 0                            # mixer samples taken
         self._out = 0                           # reference samples written
-        self._ahead: deque[float] = deque(maxlen=window)   # clock's place minus ours
+        # Clock's place minus ours, over windows of ``window_s`` of the mixer's output (not
+        # a count of buffers: 64 buffers of 2048 samples were 6 s, and the first placement
+        # then settled in steps well into the agent's first answer).
+        self._ahead: deque[float] = deque(maxlen=4096)
+        self._window = int(window_s * rate)
+        self._window_in = 0
         self.reanchor = reanchor_s * RATE
         self.creep = 6.0               # 0.025 % of drift followed smoothly
         self._windows = 0
@@ -149,7 +154,9 @@ class ReferenceStream:
         # the GIL or the scheduler says so), a few samples at a time (a drifting output
         # clock; AEC3 takes that in its stride, not jumps).
         self._ahead.append(mixed_at_index - (self._anchor + self._in * RATE / self.rate))
-        if len(self._ahead) == self._ahead.maxlen:
+        self._window_in += len(audio)
+        if self._window_in >= self._window:
+            self._window_in = 0
             least = min(self._ahead)
             self._windows += 1
             if least > self.reanchor or (least > 0 and self._windows <= 3):
@@ -170,6 +177,40 @@ class ReferenceStream:
         if len(audio):
             self.ring.write(int(round(self._anchor)) + self._out, audio)
             self._out += len(audio)
+
+
+class NoiseFloor:
+    """The mic's noise floor and comfort noise at it. Fed frames with nothing in the
+    reference; the floor is the least, over the last ``blocks`` blocks of ``block`` frames,
+    of a block's 20th-percentile frame level (digital silence, a stream starting, is not
+    the room's floor and is left out)."""
+
+    def __init__(self, block: int = 50, blocks: int = 10, seed: int = 0) -> None:
+        self._block = block
+        self._levels: list[float] = []
+        self._floors: deque[float] = deque(maxlen=blocks)
+        self._rng = np.random.default_rng(seed)
+
+    def observe(self, frame: np.ndarray) -> None:
+        x = frame.astype(np.float32)
+        level = float(np.sqrt(np.dot(x, x) / max(1, len(x))))
+        if level < 1.0:
+            return
+        self._levels.append(level)
+        if len(self._levels) >= self._block:
+            self._floors.append(float(np.percentile(self._levels, 20)))
+            self._levels.clear()
+
+    @property
+    def rms(self) -> float:
+        """The floor's RMS (full scale 32768); 0 before a block has been seen."""
+        if self._floors:
+            return min(self._floors)
+        return float(np.percentile(self._levels, 20)) if self._levels else 0.0
+
+    def comfort(self, n: int) -> np.ndarray:
+        """``n`` samples of white noise at the floor (float32)."""
+        return (self._rng.standard_normal(n) * self.rms).astype(np.float32)
 
 
 class Ducker:
