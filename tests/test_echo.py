@@ -12,6 +12,7 @@ import pytest
 from audio_helpers import espeak, have_espeak, sine
 from soca_appliance import echo
 from soca_appliance.echo import AEC_LATENCY, EchoPath, measure_echo_path, resolve_duplex
+from soca_appliance.echo_track import LagTracker
 from soca_appliance.echo_reference import (DUCK_GAIN, Ducker, MicClock, NoiseFloor,
                                            ReferenceRing, ReferenceStream, estimate_lag,
                                            to_reference)
@@ -412,6 +413,84 @@ def test_the_warm_up_sends_the_rooms_noise_floor_not_digital_silence() -> None:
     assert all(np.any(f) for f in warm)
     level = np.sqrt(np.mean(np.concatenate(warm) ** 2))
     assert 15.0 < level < 25.0
+
+
+class _JumpRoom:
+    """A room whose speaker reaches the mic ``extra`` samples later from frame ``at`` on
+    (an output latency jump, as ``room.py``'s ``delay`` command)."""
+
+    def __init__(self, room: Room, at: int, extra: int) -> None:
+        self.room, self.at, self.extra = room, at, extra
+        self._k = 0
+        self._line = np.zeros(0)
+
+    def mic(self, speaker: np.ndarray, near: np.ndarray = None) -> np.ndarray:
+        self._k += 1
+        if self._k == self.at:
+            self._line = np.zeros(self.extra)
+        if self._k >= self.at:
+            self._line = np.concatenate([self._line, speaker])
+            speaker, self._line = self._line[:len(speaker)], self._line[len(speaker):]
+        return self.room.mic(speaker, near)
+
+
+@needs_aec
+def test_echo_path_follows_a_70_ms_jump_of_the_echo_path_without_voiced_residue(speech) -> None:
+    """Mid-speech the echo comes 70 ms later (SDL's buffer 512 -> 2048): the lag tracker
+    sees it and the reference moves with it, so AEC3 keeps the lag it learnt, and the
+    uplink holds comfort noise while it settles. Left to re-learn alone, AEC3's residue
+    passed as speech for over a second (through the room: a false barge 1.3 s later)."""
+    import webrtcvad
+    agent, user = speech
+    speaker = np.concatenate([agent, agent, agent])
+    at = 500                                             # 10 s in
+    room = _JumpRoom(_room(agent, user), at, 1120)
+    path = _path()
+    out = _through_mixer(path, speaker, room, agent_playing=True)
+    vad = webrtcvad.Vad(2)
+    after = [vad.is_speech(_i16(o).tobytes(), 16000) for o in out[at:at + 75]]
+    assert abs(path._track.stats.last_change - 1120) <= 32        # 70 ms, to 2 ms
+    # The simulator barges on 30 voiced frames within 75 of an onset; without the tracker
+    # 45 of these 75 were voiced, with it 14 (the half second before it sees the jump).
+    assert sum(after) < 20, f"{sum(after)} of 75 frames voiced after the jump"
+
+
+def test_lag_tracker_reports_a_jump_once_and_ignores_a_voice() -> None:
+    rng = np.random.default_rng(6)
+    tracker = LagTracker()
+    far_all = rng.standard_normal(16000 * 12) * 2000
+    lag = 2400                                          # 150 ms
+    changes = []
+    for k in range(len(far_all) // 320):
+        if k == 300:
+            lag += 1120                                 # +70 ms from 6 s
+        a = k * 320
+        far = far_all[a:a + 320]
+        near = far_all[a - lag:a - lag + 320] * 0.5 if a >= lag else np.zeros(320)
+        if 150 <= k < 250:                              # someone talks over it
+            near = near + rng.standard_normal(320) * 3000
+        clean = near * (0.5 if 300 <= k < 330 else 0.01)    # it lost the echo at the jump
+        moved = tracker.update(_i16(near), _i16(far), _i16(clean))
+        if moved:
+            changes.append((k, moved))
+    assert len(changes) == 1
+    k, moved = changes[0]
+    assert abs(moved - 1120) <= 32 and 300 < k <= 300 + 25      # within half a second
+    assert tracker.lag == 3520
+
+
+def test_ring_moves_the_unread_reference_later_replaying_what_was_read() -> None:
+    ring = ReferenceRing()
+    ring.write(0, np.arange(1000, dtype=np.float32))
+    first = ring.read(0, 400)
+    ring.move(100, first.astype(np.float32))           # later: the last 100 again first
+    out = ring.read(400, 700).astype(np.int32)
+    assert list(out[:100]) == list(range(300, 400))
+    assert list(out[100:700]) == list(range(400, 1000))
+    ring.write(2000, np.arange(500, dtype=np.float32))
+    ring.read(1100, 1000)
+    ring.move(-200, np.zeros(0, dtype=np.float32))     # sooner: 200 samples skipped
+    assert list(ring.read(2100, 300).astype(np.int32)) == list(range(300, 500)) + [0] * 100
 
 
 # --- measuring the echo path ------------------------------------------------------------------

@@ -28,12 +28,14 @@ import numpy as np
 
 from .echo_reference import (DUCK_GAIN, RATE, Ducker, MicClock, NoiseFloor,  # noqa: F401
                              ReferenceRing, ReferenceStream, estimate_lag, to_reference)
+from .echo_track import LagTracker
 from .framing import Frame
 
 log = logging.getLogger("soca.echo")
 
 AEC_LATENCY = 128                 # samples the canceller's output lags its input (measured)
 MAX_AHEAD = RATE * 15 // 100      # the reference never goes more than 150 ms ahead
+MAX_MOVE = RATE * 3 // 10         # echo path jumps followed (beyond: AEC3's own re-learning)
 
 
 # --- the bindings -----------------------------------------------------------------------
@@ -158,6 +160,8 @@ class EchoStats:
     buffers: int = 0              # mixer buffers taken as reference
     anchors: int = 0              # times the reference was (re)placed on the clock
     ducks: int = 0
+    moves: int = 0                # the echo path jumped and the reference moved with it
+    frames_held: int = 0          # comfort noise while the canceller settled after a move
 
 
 class EchoPath:
@@ -177,7 +181,8 @@ class EchoPath:
 
     def __init__(self, canceller: Any, frame_ms: int = 20,
                  is_speech: Optional[Callable[[bytes], bool]] = None,
-                 warmup_s: float = 3.0, tail_s: float = 1.0, ahead_s: float = 0.08) -> None:
+                 warmup_s: float = 3.0, tail_s: float = 1.0, ahead_s: float = 0.08,
+                 hold_s: float = 0.5) -> None:
         self._aec = canceller
         self._clock = MicClock()
         self._ring = ReferenceRing()
@@ -195,6 +200,10 @@ class EchoPath:
         self._delay = np.zeros(AEC_LATENCY, dtype=np.int16)
         self._mode = "raw"
         self._floor = NoiseFloor()
+        self._track = LagTracker(frame=int(RATE * frame_ms / 1000))
+        self._hold = 0
+        self._hold_frames = int(round(hold_s * 1000 / frame_ms))
+        self._suspect_frames = 2 * self._track.check_every
         self._ahead = int(ahead_s * RATE)
 
     @property
@@ -260,8 +269,15 @@ class EchoPath:
             self._since_ref = n - 1 - int(sound[-1])
         else:
             self._since_ref += n
+        moved = self._track.update(near, far, clean, bool(sound.size))
+        if moved and abs(moved) <= MAX_MOVE:
+            self._follow(moved)
+        elif self._track.suspect:
+            self._hold = max(self._hold, self._suspect_frames)   # while it asks again
         if self._since_ref >= self._tail:
             mode, self.stats.frames_bypassed = "raw", self.stats.frames_bypassed + 1
+        elif self._hold > 0 and agent_playing:
+            mode, self.stats.frames_held = "mute", self.stats.frames_held + 1
         elif not self.converged:
             mode, self.stats.frames_warmup = "mute", self.stats.frames_warmup + 1
         else:
@@ -279,9 +295,24 @@ class EchoPath:
             out = out * fade + paths[self._mode] * (1.0 - fade)
             self._mode = mode
         pcm = np.clip(np.rint(out), -32768, 32767).astype("<i2").tobytes()
-        volume = self._ducker.update(self._is_speech(pcm), agent_playing)
+        held, self._hold = self._hold > 0, max(0, self._hold - 1)
+        volume = self._ducker.update(not held and self._is_speech(pcm), agent_playing)
         self.stats.ducks = self._ducker.ducks
         return Frame(pcm, frame.t_capture, frame.index), volume
+
+
+    def _follow(self, moved: int) -> None:
+        """The echo now comes ``moved`` samples later (or sooner): move the reference by as
+        much, so the canceller keeps the lag it learnt, and hold the uplink's residual
+        echo (comfort noise while the agent plays) for ``hold_s`` while it settles."""
+        with self._lock:
+            self._ring.move(moved, self._track.far_tail(moved))
+            if self._stream is not None:
+                self._stream.shift(moved)
+        self._track.moved(moved)
+        self._hold = self._hold_frames
+        self.stats.moves += 1
+        log.info("echo path %+.0f ms: reference moved with it", 1000.0 * moved / RATE)
 
 
 def _webrtc_vad(mode: int = 2) -> Callable[[bytes], bool]:

@@ -98,6 +98,23 @@ class ReferenceRing:
             self.written += len(samples)
         return start
 
+    def move(self, d: int, replay: np.ndarray) -> None:
+        """From the reader on, the reference plays ``d`` samples later (``d`` > 0: first
+        ``replay``, the last ``d`` samples read, again) or ``-d`` earlier (``d`` < 0: the
+        next ``-d`` unread samples are skipped)."""
+        moved: list[tuple[int, np.ndarray]] = []
+        if d > 0 and len(replay):
+            moved.append((self._read, np.asarray(replay[-d:], dtype=np.float32)))
+        for s, seg in self._segments:
+            if s < self._read:                      # keep only what is still to be read
+                seg, s = seg[self._read - s:], self._read
+            s += d
+            if s < self._read:                      # moved earlier, behind the reader
+                seg, s = seg[self._read - s:], self._read
+            if len(seg):
+                moved.append((s, seg))
+        self._segments = deque(moved, maxlen=self._segments.maxlen)
+
     def read(self, start: int, n: int) -> np.ndarray:
         """Samples [start, start+n) as int16; drops segments that are over."""
         out = np.zeros(n, dtype=np.float32)
@@ -259,7 +276,8 @@ class Ducker:
         return None
 
 
-def estimate_lag(near: np.ndarray, far: np.ndarray, lo: int, hi: int) -> tuple[int, float]:
+def estimate_lag(near: np.ndarray, far: np.ndarray, lo: int, hi: int,
+                 rate: int = RATE) -> tuple[int, float]:
     """The lag L in [lo, hi] at which ``near[i]`` best matches ``far[i - L]`` (both arrays
     cover the same sample indices), and the normalised correlation there (0..1).
 
@@ -272,8 +290,8 @@ def estimate_lag(near: np.ndarray, far: np.ndarray, lo: int, hi: int) -> tuple[i
     size = 1 << int(np.ceil(np.log2(len(x) + len(y))))
     cross = np.fft.rfft(x, size) * np.conj(np.fft.rfft(y, size))
     plain = np.fft.irfft(cross, size)
-    freqs = np.fft.rfftfreq(size, 1.0 / RATE)
-    band = (freqs > 150.0) & (freqs < 7000.0)
+    freqs = np.fft.rfftfreq(size, 1.0 / rate)
+    band = (freqs > 150.0) & (freqs < min(7000.0, 0.45 * rate))
     mag = np.abs(cross)
     phat = np.where(band, cross / np.maximum(mag, 1e-9 * (mag.max() or 1.0)), 0.0)
     sharp = np.fft.irfft(phat, size)
