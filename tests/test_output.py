@@ -251,3 +251,57 @@ def test_with_no_speaker_at_start_what_waited_for_it_is_dropped_once(monkeypatch
         assert len(ev.errors) == 1 and not ev.started
     finally:
         player.close(2)
+
+
+def _sdl_audio_threads() -> list[str]:
+    names = (Path(t, "comm").read_text().strip() for t in Path("/proc/self/task").iterdir())
+    return [n for n in names if n.startswith("SDLAudio")]
+
+
+def test_a_quiet_mixer_closes_with_its_thread_and_reopens_for_what_comes(tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """speaker_idle_close (issue 13): after the quiet period the mixer and SDL's audio
+    thread are gone (it woke 43 times a second to mix silence); a sentence, a chime or
+    wake() opens it again, silently (no new output event), and what was asked for plays."""
+    out = tmp_path / "speaker.raw"
+    monkeypatch.setenv("SDL_AUDIODRIVER", "disk")
+    monkeypatch.setenv("SDL_DISKAUDIOFILE", str(out))
+    ev = Events()
+    player = Player(ev.callbacks)
+    player.release_after(0.3)
+    player.start()
+    try:
+        wait_for(lambda: ev.outputs, 10, "the first opening")
+        wait_for(lambda: player.parked, 5, "the mixer to close when quiet")
+        wait_for(lambda: not _sdl_audio_threads(), 5, "SDL's audio thread to end")
+        assert pygame.mixer.get_init() is None and player.info is None
+        assert player.enqueue(Sentence(1, 1, MP3, "after the quiet"))   # not dropped
+        assert ev.idle.wait(10) and [s.text for s in ev.started] == ["after the quiet"]
+        assert len(ev.outputs) == 1 and not ev.errors      # reopened quietly
+        heard = out.read_bytes()                           # (the disk driver's new file)
+        assert any(heard[i:i + 2] != b"\0\0" for i in range(0, len(heard), 2))
+        wait_for(lambda: player.parked, 5, "quiet again")
+        chime = (ASSETS / "chime.wav").read_bytes()
+        assert player.play_cue(chime)                      # the button's chime, parked
+        wait_for(lambda: pygame.mixer.get_init() is not None, 5, "the mixer for the chime")
+        wait_for(lambda: player.parked, 5, "quiet after the chime")
+        player.wake()                                      # someone started talking
+        wait_for(lambda: not player.parked and player.info is not None, 5, "woken")
+        assert player.dropped == 0 and not ev.errors
+    finally:
+        player.close(2)
+
+
+def test_with_release_off_the_mixer_stays_open() -> None:
+    ev = Events()
+    player = Player(ev.callbacks, poll_s=0.05)
+    player.start()
+    try:
+        wait_for(lambda: ev.outputs, 10, "the first opening")
+        deadline = time.monotonic() + 0.5          # ten of the player's idle looks
+        while time.monotonic() < deadline:
+            assert not player.parked and player.info is not None
+            time.sleep(0.05)
+        assert _sdl_audio_threads()
+    finally:
+        player.close(2)

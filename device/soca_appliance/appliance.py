@@ -131,6 +131,8 @@ class Appliance(Conversation):
         duplex, path = echo.attach(self.cfg.duplex, self.cfg.frame_ms)
         with self._lock:
             self.duplex, self.echo = duplex, path
+        if path is None:        # no canceller: nothing needs the mixer's silence
+            self.player.release_after(self.cfg.speaker_idle_close)
         self.player.start()     # before the microphone: on_frame asks it what plays
         self.source.start(self.on_frame)
 
@@ -206,6 +208,8 @@ class Appliance(Conversation):
 
     def _set(self, phase: str) -> None:
         self.turn.phase = phase
+        if phase in ("listening", "thinking"):
+            self.player.wake()          # a parked mixer opens before the answer comes
         self._show()
 
     def _fault(self, name: str, on: bool) -> None:

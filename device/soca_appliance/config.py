@@ -83,6 +83,7 @@ class Config:
     max_sentence_bytes: int = 1 << 20
     max_pending_sentences: int = 32
     sentence_timeout: float = 15.0
+    speaker_idle_close: float = 5.0     # s of quiet, then the mixer closes (no canceller)
     # interface
     gpio: str = "auto"
     button_pin: int = 17
@@ -283,6 +284,9 @@ def validate(cfg: Config) -> None:
                  "backoff_max", "auth_retry", "sentence_timeout", "long_press"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be a positive number of seconds")
+    if cfg.speaker_idle_close < 0:
+        raise ConfigError("speaker_idle_close must be 0 (keep the mixer open) or a number "
+                          f"of seconds; got {cfg.speaker_idle_close}")
     if cfg.mixer_buffer < 64 or cfg.mixer_buffer > 8192:
         raise ConfigError(f"mixer_buffer must be 64..8192 samples; got {cfg.mixer_buffer}")
     check_url(cfg.url, cfg.allow_insecure)

@@ -34,6 +34,8 @@ from .backoff import Backoff  # noqa: E402
 from .output import AudioOutput, OutputInfo, channel_busy as _busy  # noqa: E402
 from .output import pygame  # noqa: E402,F401 - imported on first use (tests, bench use it)
 from .output import stranded_queue as _stranded  # noqa: E402
+from .player_life import PlayerLife  # noqa: E402
+from .speaker_idle import IdleRelease  # noqa: E402
 
 log = logging.getLogger("soca.player")
 
@@ -50,8 +52,6 @@ class PlayerCallbacks:
     on_idle: Callable[[], None] = lambda: None                           # queue drained
     on_error: Callable[[str], None] = lambda message: None
     on_output: Callable[[OutputInfo], None] = lambda info: None
-    # Far-end reference for a future echo canceller: the PCM that starts playing, and when.
-    on_reference: Optional[Callable[[bytes, float, OutputInfo], None]] = None
 
 
 class _Item:
@@ -75,7 +75,7 @@ class _Item:
         return self.sentence.seq, self.sentence.sentence_id
 
 
-class Player:
+class Player(PlayerLife):
     def __init__(self, callbacks: Optional[PlayerCallbacks] = None, *, frequency: int = 22050,
                  buffer: int = 512, max_queue: int = 32, retry_s: float = 5.0,
                  prebuffer_s: float = 0.25, retry_max_s: float = 60.0,
@@ -96,6 +96,9 @@ class Player:
         # Until the output's first opening has been tried, sentences wait for it: a
         # greeting that comes before the speaker is open (issue 13) is kept, not dropped.
         self._first_open = True
+        self._idle = IdleRelease()      # the mixer closed while quiet (speaker_idle.py)
+        self._resuming = False          # reopening a parked mixer: not news to anyone
+        self._cue_after_open: Optional[tuple[bytes, bool]] = None
         self.played = 0
         self.dropped = 0
         self.underruns = 0
@@ -117,16 +120,6 @@ class Player:
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="player", daemon=True)
-
-    @property
-    def retry_s(self) -> float:
-        return self.output.retry_s
-
-    @retry_s.setter
-    def retry_s(self, value: float) -> None:       # first retry delay (tests shorten it)
-        self.output.set_retry(value)
-        with self._cond:
-            self._cond.notify_all()
 
     # --- API for other threads -----------------------------------------------------
 
@@ -178,18 +171,23 @@ class Player:
         while a sentence plays or is queued, cut when one starts; and :meth:`quiet_for`
         counts it as speech, so half duplex keeps it off the uplink."""
         with self._cond:
-            if self.info is None or self._closed:
+            if self._closed or (speech and (self._current is not None or self._queue)):
                 return False
-            if speech and (self._current is not None or self._queue):
-                return False
+            if self.info is None:
+                if not self._idle.want((wav_or_mp3, speech)):
+                    return False
+                self._cond.notify_all()         # played once the mixer is open again
+                return True
             try:
                 sound = pygame.mixer.Sound(file=io.BytesIO(wav_or_mp3))
                 pygame.mixer.Channel(CUE_CHANNEL).play(sound)
             except Exception as exc:  # noqa: BLE001 - a cue must never raise into a caller
                 log.warning("cue sound could not play: %s", exc)
                 return False
+            until = time.monotonic() + sound.get_length() / self.speed
+            self._idle.sounded_until(until)
             if speech:
-                self._cue_until = time.monotonic() + sound.get_length() / self.speed
+                self._cue_until = until
         return True
 
     def set_speech_volume(self, gain: float) -> None:
@@ -201,12 +199,6 @@ class Player:
                 pygame.mixer.Channel(SPEECH_CHANNEL).set_volume(gain)
             except Exception as exc:  # noqa: BLE001 - never raise into the capture thread
                 log.warning("speaker volume could not change: %s", exc)
-
-    @property
-    def opening(self) -> bool:
-        """The output's first opening is still to come (sentences wait for it)."""
-        with self._cond:
-            return self._first_open
 
     @property
     def busy(self) -> bool:
@@ -237,7 +229,9 @@ class Player:
     def _admit(self, sentence: Sentence) -> bool:
         if self._closed:
             return False
-        if self.info is None and not self._first_open:
+        if self.info is None and self._idle.want():
+            pass                        # parked: it reopens for this one (the caller notifies)
+        elif self.info is None and not self._first_open:
             self.dropped += 1
             self._lost_drops += 1
             # Once per outage at warning level: a flood of sentences is not a flood of lines.
@@ -289,71 +283,9 @@ class Player:
 
     # --- the player thread ---------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            while not self._closed:
-                try:
-                    if self.info is None:
-                        opened = self.output.try_open()
-                        if not opened and self._first_open:
-                            self._first_open_failed()
-                        if not opened:
-                            with self._cond:
-                                if not self._closed:
-                                    self._cond.wait(self.output.due_in())
-                        continue
-                    if self.output.lost():
-                        self._output_lost()
-                        continue
-                    self._step()
-                    self._fault_backoff.reset()
-                except Exception as exc:  # noqa: BLE001 - the player thread never dies
-                    self._fault(exc)
-        finally:
-            self.output.close()
-
-    def _output_open(self, info: OutputInfo) -> None:
-        with self._cond:
-            self.info = info
-            self._first_open = False
-            dropped, self._lost_drops = self._lost_drops, 0
-        if dropped:
-            log.info("audio output back: %d sentence(s) were not played meanwhile", dropped)
-        self.cb.on_output(info)
-
-    def _first_open_failed(self) -> None:
-        """No speaker at start: what waited for it goes the way of every sentence while
-        there is none."""
-        with self._cond:
-            self._first_open = False
-            waiting = [i.sentence for i in self._queue]
-        if waiting:
-            self.dropped += len(waiting)
-            log.warning("no audio output: %d sentence(s) not played", len(waiting))
-            self.stop_all("no output")
-
-    def _output_lost(self) -> None:
-        with self._cond:
-            self.info = None
-        self.stop_all("output lost")
-
-    def _fault(self, exc: Exception) -> None:
-        """Something in the player thread raised: say so, reset the output, go on."""
-        self.faults += 1
-        log.debug("player fault", exc_info=True)
-        delay = self._fault_backoff.next_delay()
-        if self._fault_backoff.attempts == 1:       # once per series of faults
-            self.cb.on_error(f"player fault: {type(exc).__name__}: {exc}; the audio output "
-                             f"is reopened")
-        with self._cond:
-            self.info = None
-        self.stop_all("error")
-        self.output.close()
-        with self._cond:
-            if not self._closed:
-                self._cond.wait(delay)
-
     def _step(self) -> None:
+        if self._park():
+            return
         with self._cond:
             if self._current is None:
                 if not self._queue:
@@ -393,8 +325,6 @@ class Player:
         if started:
             self.played += 1
             self.cb.on_start(dataclasses.replace(item.sentence, mp3=bytes(item.mp3)))
-            if self.cb.on_reference is not None and self.info is not None:
-                self.cb.on_reference(bytes(pcm or b""), time.monotonic(), self.info)
         if finished:
             self.cb.on_idle()
 
