@@ -151,12 +151,13 @@ def test_clocks_differing_by_a_hundredth_of_a_percent_never_barge(tmp_path: Path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured 2 of 2 runs: one false barge 4.2 s into the answer "
-                   "(7.6 s with a 6 s warm-up tried instead of 3 s, so not the warm-up): "
-                   "AEC3 does not hold the echo with 93 ms mixer buffers; under "
-                   "investigation (issue 12)", strict=False)
 def test_a_2048_sample_mixer_buffer_never_barges(tmp_path: Path) -> None:
-    """SDL's buffer 2048 instead of 512: 93 ms of output latency instead of 23."""
+    """SDL's buffer 2048 instead of 512: 93 ms of output latency instead of 23. (It failed
+    2 of 2 runs, a false barge 4-9 s into the answer, for two reasons, measured from a
+    recording of EchoPath's inputs: reference buffers landing behind the mic moved the
+    reference 10 ms later mid-speech, twice, and AEC3 fell from 33 to 13 dB for seconds;
+    and the warm-up's digital zeros taught the simulator's VAD a floor the room's noise
+    then exceeded. Fixed by an 80 ms lead and comfort noise, tests/test_echo.py.)"""
     with Scene(tmp_path, "auto", sentences=28, mixer_buffer=2048) as scene:
         _agent_talks(scene, 30.0)
         assert scene.count("sentence.play") >= 10
@@ -164,14 +165,12 @@ def test_a_2048_sample_mixer_buffer_never_barges(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured 2 of 2 runs: one false barge about 1 s after the echo "
-                   "path jumps 70 ms: AEC3 re-finds the delay too slowly for the "
-                   "simulator's gate; a re-warm-up when the echo lag moves is not built yet",
-                   strict=False)
 def test_an_output_latency_jump_mid_speech_never_barges(tmp_path: Path) -> None:
     """While the agent speaks, the speaker's sound reaches the mic 70 ms later from one
     block to the next (what SDL's buffer going 512 -> 2048 does to the echo path, at
-    22.05 kHz): AEC3 must re-find the delay without passing echo as speech."""
+    22.05 kHz): AEC3 must re-find the delay without passing echo as speech. Alone it took
+    over a second (a false barge ~1.3 s after the jump, 2 of 2 runs); the lag tracker
+    (echo_track.py) sees the jump within about 0.4 s and moves the reference with it."""
     with Scene(tmp_path, "auto", sentences=28) as scene:
         _agent_talks(scene, 10.0)
         assert scene.room is not None
@@ -181,12 +180,20 @@ def test_an_output_latency_jump_mid_speech_never_barges(tmp_path: Path) -> None:
                  "20 s of speech after the jump")
         assert scene.speaking() or scene.count("sentence.play") >= 8
         assert _barges(scene) == 0
+        moved = [line for line in scene.log_lines() if line.startswith("echo path +")]
+    assert moved and 60.0 <= float(moved[0].split()[2]) <= 80.0, moved     # followed
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured 3 runs: one false barge in 3 cycles (2 runs), once no stop "
-                   "seen within 5 s of a button barge; where in the cycle is not yet "
-                   "pinned down (issue 12)", strict=False)
+@pytest.mark.xfail(reason="measured with the lead, comfort-noise warm-up and lag tracker "
+                   "(issue 12): a false barge in 2 of 5 runs (before them 4 of 4 recorded runs "
+                   "failed, 2 by a false barge at the warm-up's end: gone). The chain left, "
+                   "from recordings of EchoPath's inputs: "
+                   "AEC3's residue (28-33 dB, 3-8 dB over the floor, webrtcvad calls it voiced) "
+                   "makes a 0.4 s 'utterance' that ends just after a button barge, the "
+                   "simulator answers it, and the test's user then asks over that answer: a "
+                   "real barge on the user's voice. Needs a residual-echo suppressor with "
+                   "comfort noise matched to the output's floor", strict=False)
 def test_the_reference_stopping_and_starting_at_barges_never_barges(tmp_path: Path) -> None:
     """Three button barges mid-sentence (the reference stops at once, the room's echo tail
     rings on), each followed by the user's next question and a fresh answer (the reference

@@ -4,7 +4,8 @@ Owns the choice of canceller (WebRTC AEC3 through ``pywebrtc-audio``, behind
 :class:`Canceller` so it can change), the tap on the mixer's output that is the far-end
 reference, the ``duplex`` policy, :class:`EchoPath` (what the orchestrator calls on every
 captured frame) and the echo-path measurement ``soca-diag`` uses. The pure parts (clock,
-reference placement, ducking, lag estimate) live in :mod:`.echo_reference`.
+reference placement, noise floor, ducking, lag estimate) live in :mod:`.echo_reference`,
+the following of a jumping echo path in :mod:`.echo_track`.
 
 The reference is what SDL_mixer actually mixes (speech, the chime, silence, at the volume
 it plays), taken buffer by buffer by a post-mix callback, so it always LEADS its echo by
@@ -177,6 +178,10 @@ class EchoPath:
     floor, and after seconds of zeros it takes the room's noise that follows for speech
     (measured through the room: 59 of the next 60 frames voiced after the warm-up's zeros,
     3 after comfort noise at the floor; the simulator barged on it 0.6 s later).
+
+    When the echo path jumps (the output's latency changes), the lag tracker sees it and
+    the reference moves by as much; the uplink then carries comfort noise for ``hold_s``
+    while the agent plays (never while it is silent), and the ducking ignores those frames.
     """
 
     def __init__(self, canceller: Any, frame_ms: int = 20,
