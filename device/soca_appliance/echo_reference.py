@@ -1,5 +1,6 @@
 """The echo canceller's pure parts: the mic's sample clock, the far-end reference placed on
-it, the mic's noise floor, the ducking decision and the lag estimate. No devices, no threads, no binding.
+it, the mic's noise floor, the ducking decision and the lag estimate. No devices, no
+threads, no binding.
 
 The reference is the mixer's own output (every buffer SDL_mixer mixes, silence included,
 taken by a post-mix tap), resampled to 16 kHz and laid end to end on the mic's sample
