@@ -393,6 +393,21 @@ def test_noise_floor_is_the_rooms_not_silence_or_speech() -> None:
     assert abs(np.sqrt(np.mean(noise ** 2)) / floor.rms - 1) < 0.05
 
 
+def test_a_source_whose_pauses_are_digital_zeros_has_a_floor_of_zero() -> None:
+    """The demo's mic is a WAV file: speech, and digital silence between. Its floor is
+    zero, not the quietest speech frames (the warm-up's comfort noise at that level made
+    the simulator barge on the demo's first answer, 1 s into it)."""
+    rng = np.random.default_rng(2)
+    floor = NoiseFloor()
+    for k in range(600):
+        if k < 20 or k % 100 >= 40:
+            frame = np.zeros(320)                       # start, and the pauses
+        else:
+            frame = rng.standard_normal(320) * 3000     # someone speaking
+        floor.observe(frame.astype(np.int16))
+    assert floor.rms == 0.0 and not floor.comfort(320).any()
+
+
 def test_the_warm_up_sends_the_rooms_noise_floor_not_digital_silence() -> None:
     """Until the canceller has learnt the room the uplink carries no echo, but the far
     end's VAD must not learn digital zeros: after them, the noise floor that follows reads

@@ -4,6 +4,10 @@ exception from the mixer, and plays again when the device is back."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -305,3 +309,30 @@ def test_with_release_off_the_mixer_stays_open() -> None:
         assert _sdl_audio_threads()
     finally:
         player.close(2)
+
+
+def test_pygame_is_imported_without_its_unused_modules_and_still_plays_mp3() -> None:
+    """The player's pygame has no font, image or array modules (about 3.4 MB of RSS, issue
+    13), and its mixer decodes and queues MP3 as before; a fresh interpreter, as at boot."""
+    script = (
+        "import io, json, sys, warnings\n"
+        "from soca_appliance.output import UNUSED_PYGAME, _import_pygame\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    pg = _import_pygame()\n"
+        "pg.mixer.init(22050, -16, 1, 512)\n"
+        f"mp3 = open({str(ASSETS / 'answer-en-1-2.mp3')!r}, 'rb').read()\n"
+        "sound = pg.mixer.Sound(file=io.BytesIO(mp3))\n"
+        "channel = pg.mixer.Channel(0)\n"
+        "channel.play(sound)\n"
+        "channel.queue(pg.mixer.Sound(buffer=sound.get_raw()[:4410]))\n"
+        "print(json.dumps({'pcm': len(sound.get_raw()), 'busy': channel.get_busy(),\n"
+        "                  'queued': channel.get_queue() is not None,\n"
+        "                  'loaded': [m for m in UNUSED_PYGAME if sys.modules.get(m)],\n"
+        "                  'warnings': len(seen), 'pkg_resources': 'pkg_resources' in sys.modules}))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "SDL_AUDIODRIVER": "dummy"})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["pcm"] > 40000 and result["busy"] and result["queued"]
+    assert result["loaded"] == [] and result["warnings"] == 0 and not result["pkg_resources"]

@@ -200,10 +200,13 @@ class ReferenceStream:
 class NoiseFloor:
     """The mic's noise floor and comfort noise at it. Fed frames with nothing in the
     reference; the floor is the least, over the last ``blocks`` blocks of ``block`` frames,
-    of a block's 20th-percentile frame level (digital silence, a stream starting, is not
-    the room's floor and is left out)."""
+    of a block's 20th-percentile frame level. Digital silence before the first sound (a
+    stream starting) is not the room's floor and is left out; after it, it is: a source
+    whose pauses are digital zeros (a WAV file, the demo's mic) has a floor of zero, and
+    the warm-up then sends zeros too, not noise at a speech frame's level."""
 
     def __init__(self, block: int = 50, blocks: int = 10, seed: int = 0) -> None:
+        self._started = False
         self._block = block
         self._levels: list[float] = []
         self._floors: deque[float] = deque(maxlen=blocks)
@@ -212,8 +215,9 @@ class NoiseFloor:
     def observe(self, frame: np.ndarray) -> None:
         x = frame.astype(np.float32)
         level = float(np.sqrt(np.dot(x, x) / max(1, len(x))))
-        if level < 1.0:
+        if level < 1.0 and not self._started:
             return
+        self._started = True
         self._levels.append(level)
         if len(self._levels) >= self._block:
             self._floors.append(float(np.percentile(self._levels, 20)))

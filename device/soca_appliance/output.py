@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -56,6 +57,19 @@ class _LazyPygame:
 _pygame_module: Any = None
 
 
+# pygame's optional modules (its __init__ imports each in a try/except ImportError): the
+# player needs the mixer and what it stands on, none of these. Blocked while pygame is
+# imported they cost nothing: about 3.4 MB of RSS less (font and image libraries, numpy
+# glue; issue 13's 60 MB with every feature on).
+UNUSED_PYGAME = ("pygame.font", "pygame.sysfont", "pygame.ftfont", "pygame.freetype",
+                 "pygame.image", "pygame.imageext", "pygame.sprite", "pygame.draw",
+                 "pygame.gfxdraw", "pygame.mask", "pygame.transform", "pygame.surfarray",
+                 "pygame.sndarray", "pygame.pixelcopy", "pygame.pixelarray", "pygame.cursors",
+                 "pygame.joystick", "pygame.mouse", "pygame.key", "pygame.scrap",
+                 "pygame.fastevent", "pygame.midi", "pygame.camera", "pygame.threads",
+                 "pygame.movie", "pygame._sdl2")
+
+
 def _import_pygame() -> Any:
     global _pygame_module
     if _pygame_module is not None:
@@ -64,14 +78,19 @@ def _import_pygame() -> Any:
     # pygame.pkgdata imports pkg_resources only to find pygame's own data files (fonts, an
     # icon: never used here), and reads them itself without it. That import scans every
     # installed distribution: 0.25-0.6 s and about 10 MB of peak RSS (bench --floor).
-    blocked = "pkg_resources" not in sys.modules and "pygame" not in sys.modules
-    if blocked:
-        sys.modules["pkg_resources"] = None     # type: ignore[assignment]
+    blocked = [name for name in ("pkg_resources", *UNUSED_PYGAME) if name not in sys.modules]
+    if "pygame" in sys.modules:
+        blocked = []
+    for name in blocked:
+        sys.modules[name] = None     # type: ignore[assignment]
     try:
-        import pygame as module
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # "import font: ... halted"
+            import pygame as module
     finally:
-        if blocked and sys.modules.get("pkg_resources", False) is None:
-            del sys.modules["pkg_resources"]
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
     _pygame_module = module
     return module
 
