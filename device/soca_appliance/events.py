@@ -148,16 +148,21 @@ class BackgroundHandler(logging.handlers.QueueHandler):
     def enqueue(self, record: logging.LogRecord) -> None:
         with self._count_lock:
             lost, self._unreported = self._unreported, 0
-        try:
-            if lost:
+        if lost:
+            try:
                 self.queue.put_nowait(logging.makeLogRecord({
                     "name": "soca.events", "levelno": logging.WARNING, "levelname": "WARNING",
                     "msg": f"{lost} log lines lost while the log output was blocked"}))
+            except queue.Full:
+                with self._count_lock:
+                    self._unreported += lost        # still to be said, once there is room
+        try:
             self.queue.put_nowait(record)
         except queue.Full:
+            # (a report queued just before still stands: only this record is new news)
             with self._count_lock:
                 self.dropped += 1
-                self._unreported += lost + 1
+                self._unreported += 1
 
     def close(self) -> None:
         self.writer.stop()
