@@ -78,9 +78,8 @@ def _import_pygame() -> Any:
     # pygame.pkgdata imports pkg_resources only to find pygame's own data files (fonts, an
     # icon: never used here), and reads them itself without it. That import scans every
     # installed distribution: 0.25-0.6 s and about 10 MB of peak RSS (bench --floor).
-    blocked = [name for name in ("pkg_resources", *UNUSED_PYGAME) if name not in sys.modules]
-    if "pygame" in sys.modules:
-        blocked = []
+    blocked = [] if "pygame" in sys.modules else [
+        name for name in ("pkg_resources", *UNUSED_PYGAME) if name not in sys.modules]
     for name in blocked:
         sys.modules[name] = None     # type: ignore[assignment]
     try:

@@ -39,8 +39,6 @@ from .speaker_idle import IdleRelease  # noqa: E402
 
 log = logging.getLogger("soca.player")
 
-
-
 SPEECH_CHANNEL = 0
 CUE_CHANNEL = 1
 
@@ -229,9 +227,9 @@ class Player(PlayerLife):
     def _admit(self, sentence: Sentence) -> bool:
         if self._closed:
             return False
-        if self.info is None and self._idle.want():
-            pass                        # parked: it reopens for this one (the caller notifies)
-        elif self.info is None and not self._first_open:
+        # No output: a parked mixer reopens for this one (want(); the caller notifies), a
+        # first opening is waited for; otherwise there is no speaker and it is dropped.
+        if self.info is None and not self._idle.want() and not self._first_open:
             self.dropped += 1
             self._lost_drops += 1
             # Once per outage at warning level: a flood of sentences is not a flood of lines.

@@ -135,8 +135,8 @@ class PlayerLife:
     def _park(self) -> bool:
         """Quiet for long enough: close the mixer, SDL's audio thread with it."""
         with self._cond:
-            if (self._current is not None or self._queue
-                    or not self._idle.due(time.monotonic(), self._quiet_since, False)):
+            busy = self._current is not None or bool(self._queue)
+            if not self._idle.due(time.monotonic(), self._quiet_since, busy):
                 return False
             self.info = None
             self._idle.park()
