@@ -305,7 +305,6 @@ class EchoPath:
         self.stats.ducks = self._ducker.ducks
         return Frame(pcm, frame.t_capture, frame.index), volume
 
-
     def _follow(self, moved: int) -> None:
         """The echo now comes ``moved`` samples later (or sooner): move the reference by as
         much, so the canceller keeps the lag it learnt, and hold the uplink's residual

@@ -281,6 +281,20 @@ class Ducker:
         return None
 
 
+def gcc_phat(near: np.ndarray, far: np.ndarray, rate: int = RATE
+             ) -> tuple[int, np.ndarray, np.ndarray]:
+    """(FFT size, cross-spectrum of ``near`` against ``far``, its phase transform back in
+    time): ``sharp[k]`` peaks where ``near[i]`` matches ``far[i - k]`` (indices modulo the
+    size), in the speech band only."""
+    size = 1 << int(np.ceil(np.log2(len(near) + len(far))))
+    cross = np.fft.rfft(near, size) * np.conj(np.fft.rfft(far, size))
+    freqs = np.fft.rfftfreq(size, 1.0 / rate)
+    band = (freqs > 150.0) & (freqs < min(7000.0, 0.45 * rate))
+    mag = np.abs(cross)
+    phat = np.where(band, cross / np.maximum(mag, 1e-9 * (mag.max() or 1.0)), 0.0)
+    return size, cross, np.fft.irfft(phat, size)
+
+
 def estimate_lag(near: np.ndarray, far: np.ndarray, lo: int, hi: int,
                  rate: int = RATE) -> tuple[int, float]:
     """The lag L in [lo, hi] at which ``near[i]`` best matches ``far[i - L]`` (both arrays
@@ -292,14 +306,8 @@ def estimate_lag(near: np.ndarray, far: np.ndarray, lo: int, hi: int,
     """
     x = np.asarray(near, dtype=np.float64)
     y = np.asarray(far, dtype=np.float64)
-    size = 1 << int(np.ceil(np.log2(len(x) + len(y))))
-    cross = np.fft.rfft(x, size) * np.conj(np.fft.rfft(y, size))
+    size, cross, sharp = gcc_phat(x, y, rate)
     plain = np.fft.irfft(cross, size)
-    freqs = np.fft.rfftfreq(size, 1.0 / rate)
-    band = (freqs > 150.0) & (freqs < min(7000.0, 0.45 * rate))
-    mag = np.abs(cross)
-    phat = np.where(band, cross / np.maximum(mag, 1e-9 * (mag.max() or 1.0)), 0.0)
-    sharp = np.fft.irfft(phat, size)
     lo, hi = max(0, lo), max(lo, min(hi, len(x) - 1))
     if not len(sharp[lo:hi + 1]):
         return lo, 0.0

@@ -22,21 +22,16 @@ from typing import Optional
 
 import numpy as np
 
-from .echo_reference import RATE
+from .echo_reference import RATE, gcc_phat
 
 
 def _lag(near: np.ndarray, far: np.ndarray, max_lag: int) -> tuple[int, float]:
     """The lag L in [0, max_lag] at which ``near[i]`` matches ``far[i + max_lag - L]`` (the
     reference's span starts ``max_lag`` before the mic's window), and how well (0..1): the
-    phase transform of the cross-spectrum, as :func:`.echo_reference.estimate_lag`, without
-    padding the mic's window to the reference's length (half the transform)."""
-    size = 1 << int(np.ceil(np.log2(len(near) + len(far))))
-    cross = np.fft.rfft(near, size) * np.conj(np.fft.rfft(far, size))
-    freqs = np.fft.rfftfreq(size, 1.0 / RATE)
-    band = (freqs > 150.0) & (freqs < 7000.0)
-    mag = np.abs(cross)
-    sharp = np.fft.irfft(np.where(band, cross / np.maximum(mag, 1e-9 * (mag.max() or 1.0)),
-                                  0.0), size)
+    phase transform of the cross-spectrum (:func:`.echo_reference.gcc_phat`, as
+    :func:`.echo_reference.estimate_lag`), without padding the mic's window to the
+    reference's length (half the transform)."""
+    size, cross, sharp = gcc_phat(near, far)
     # c[k] = sum near[i] far[i - k]; near[i] is far's sample i + max_lag: L = max_lag + k
     ks = np.concatenate([np.arange(size - max_lag, size), [0]])
     best = int(np.argmax(sharp[ks]))
