@@ -336,3 +336,19 @@ def test_pygame_is_imported_without_its_unused_modules_and_still_plays_mp3() -> 
     result = json.loads(out.stdout)
     assert result["pcm"] > 40000 and result["busy"] and result["queued"]
     assert result["loaded"] == [] and result["warnings"] == 0 and not result["pkg_resources"]
+
+
+def test_a_started_sentence_dropped_undecodable_counts_as_quiet_from_then() -> None:
+    """A sentence that played a part of itself progressively and then did not decode whole
+    is dropped: the speaker went quiet at that moment. (Before, quiet_for still counted from
+    the sentence before it, so half duplex could unmute the mic under its echo tail.)"""
+    from soca_appliance.player import _Item
+    player = Player(PlayerCallbacks())           # not started: no device, no thread
+    item = _Item(Sentence(1, 1, b"\xff\xfb", "x"), complete=True)
+    item.started = True
+    with player._cond:
+        player._current = item
+    assert player.quiet_for() == 0.0              # it was playing
+    with player._cond:
+        player._drop_current()
+    assert 0.0 <= player.quiet_for() < 1.0

@@ -230,7 +230,7 @@ class Appliance(Conversation):
     # --- audio up (the source thread) ------------------------------------------------
 
     def on_frame(self, frame: Frame) -> None:
-        self.counters.add("frames_captured")
+        self.counters.frames_captured += 1      # the capture thread is its only writer
         if self.echo is not None:
             # Every frame, muted or not, before VAD and framing: the agent's voice out of
             # the mic; while someone talks over the agent, duck it until the server barges.
@@ -238,7 +238,7 @@ class Appliance(Conversation):
             if volume is not None:
                 self.player.set_speech_volume(volume)
         gate = self.ptt.gate if self.ptt is not None else self.gate
-        if self._gate_reset.is_set() and gate is not None:
+        if gate is not None and self._gate_reset.is_set():
             self._gate_reset.clear()
             gate.reset()                 # a new session: no utterance is in progress
         if self.muted:

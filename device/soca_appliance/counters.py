@@ -3,7 +3,9 @@
 :class:`Counters` are bumped from the source, link, player, button and control threads:
 every change goes through :meth:`Counters.add` under the counters' own small lock, and
 :meth:`Counters.snapshot` reads them all at one instant. Reading one attribute stays as
-cheap as before.
+cheap as before. The one exception is ``frames_captured``: only the capture thread writes
+it, 50 times a second, so it is a plain ``+= 1`` there (no other writer to race with; the
+lock and the call cost more than the rest of the frame's bookkeeping).
 
 :class:`SentenceBudget` makes ``max_pending_sentences`` cap the TOTAL of sentences being
 assembled and sentences handed to the player but not yet started (queued), instead of

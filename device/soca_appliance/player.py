@@ -204,12 +204,17 @@ class Player(PlayerLife):
             return self._current is not None or bool(self._queue)
 
     def quiet_for(self) -> float:
-        """Seconds since the speaker last played speech or a spoken cue (0 while it plays)."""
-        with self._cond:
-            if self._current is not None and self._current.started:
-                return 0.0
-            now = time.monotonic()
-            return max(0.0, now - max(self._quiet_since, self._cue_until))
+        """Seconds since the speaker last played speech or a spoken cue (0 while it plays).
+
+        Without the lock: the capture thread asks on every frame, and the Condition's
+        Python-level ``__enter__`` cost more than the rest of the check (bench
+        --instructions). Each attribute is one atomic read; the writers (lock held) set
+        ``_quiet_since`` BEFORE they clear ``_current``, so a reader that sees no current
+        sentence also sees when it ended."""
+        current = self._current
+        if current is not None and current.started:
+            return 0.0
+        return max(0.0, time.monotonic() - max(self._quiet_since, self._cue_until))
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -392,8 +397,8 @@ class Player(PlayerLife):
                 and remaining > -max(2.0 / self.speed, 0.5)):
             self._cond.wait(0.005)      # the mixer drains its last buffer a little later
             return False
+        self._quiet_since = time.monotonic()     # before _current: see quiet_for
         self._current = None
-        self._quiet_since = time.monotonic()
         return not self._queue
 
     def _pcm_bytes(self, seconds: float) -> int:
@@ -402,6 +407,8 @@ class Player(PlayerLife):
 
     def _drop_current(self) -> None:
         # Called with the lock held, for a complete sentence that did not decode.
+        if self._current is not None and self._current.started:
+            self._quiet_since = time.monotonic()     # it played a part of itself
         self._current = None
         self._pending.clear()
 

@@ -39,35 +39,31 @@ class MicMeter:
     def add(self, pcm: bytes) -> None:
         # Only kept here; measured once per second in one numpy pass (_flush): numpy's
         # per-call overhead on every 20 ms frame cost more than the rest of the uplink.
-        usable = len(pcm) - len(pcm) % 2
-        if usable == 0:
-            return
-        second = math.floor(self.clock())
+        if len(pcm) & 1:                        # half a sample: not measurable
+            if len(pcm) == 1:
+                return
+            pcm = memoryview(pcm)[:-1]
+        second = int(self.clock())              # (monotonic, never negative: the floor)
         with self._lock:
             if second != self._second:
                 self._flush()
                 self._second = second
-            self._pending += memoryview(pcm)[:usable]
+            self._pending += pcm
             self.frames += 1
 
     def _flush(self) -> None:
         """The pending second's samples into its bucket (lock held)."""
         if not self._pending:
             return
-        # int64 sums, not np.dot: on a second of audio BLAS would start its thread pool,
-        # whose threads spin after every call.
-        import numpy as np      # once a second; not at start, before stt.ready (issue 13)
-        wide = np.frombuffer(self._pending, dtype="<i2").astype(np.int64)
-        sumsq = float(np.square(wide).sum())
-        peak = float(np.abs(wide).max())
+        sumsq, peak, count = _measure(self._pending)
         self._pending.clear()
         if self._buckets and self._buckets[-1][0] == self._second:
             bucket = self._buckets[-1]
             bucket[1] += sumsq
-            bucket[2] += wide.size
+            bucket[2] += count
             bucket[3] = max(bucket[3], peak)
         else:
-            self._buckets.append([self._second, sumsq, float(wide.size), peak])
+            self._buckets.append([self._second, sumsq, float(count), peak])
 
     def levels(self) -> tuple[float, float]:
         """(RMS, peak) in dBFS over the window; -inf for digital silence or no audio."""
@@ -80,6 +76,19 @@ class MicMeter:
         peak = max((b[3] for b in live), default=0.0)
         rms = math.sqrt(sumsq / count) if count else 0.0
         return _dbfs(rms), _dbfs(peak)
+
+
+def _measure(pcm: bytearray) -> tuple[float, float, int]:
+    """Sum of squares, peak and samples of PCM16LE (the view into ``pcm`` is gone on
+    return, so that the caller may clear it)."""
+    # float64 and einsum, one pass, no temporary of squares: not np.dot, for on a second
+    # of audio BLAS would start its thread pool, whose threads spin after every call; and
+    # a third fewer instructions than int64 square-and-sum (bench --instructions).
+    import numpy as np      # once a second; not at start, before stt.ready (issue 13)
+    samples = np.frombuffer(pcm, dtype="<i2")
+    wide = samples.astype(np.float64)
+    return (float(np.einsum("i,i->", wide, wide)),
+            float(max(int(samples.max()), -int(samples.min()))), int(samples.size))
 
 
 def _dbfs(value: float) -> float:
