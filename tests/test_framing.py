@@ -54,6 +54,17 @@ class TestFramer:
         assert got == [data[i:i + 1280] for i in range(0, 1280 * 3, 1280)]
         assert framer.push(b"\x00" * 1180) == [data[3840:] + b"\x00" * 1180]
 
+    def test_a_frame_sized_block_behind_a_remainder_keeps_the_order(self) -> None:
+        """A block of exactly one frame is handed on as it is only when nothing waits
+        before it (a bytearray block comes out as bytes)."""
+        framer = Framer(640)
+        assert framer.push(bytearray(b"\x01" * 640)) == [b"\x01" * 640]
+        assert type(framer.push(bytearray(640))[0]) is bytes
+        assert framer.push(b"\x02" * 100) == []
+        assert framer.push(b"\x03" * 640) == [b"\x02" * 100 + b"\x03" * 540]
+        assert framer.push(b"\x04" * 540) == [b"\x03" * 100 + b"\x04" * 540]
+        assert framer.push(b"\x05" * 640) == [b"\x05" * 640]       # nothing waits now
+
     def test_reset_drops_the_remainder(self) -> None:
         framer = Framer(640)
         framer.push(b"\xff" * 600)

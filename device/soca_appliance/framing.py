@@ -63,6 +63,8 @@ class Framer:
         self._buf = bytearray()
 
     def push(self, data: bytes) -> list[bytes]:
+        if not self._buf and len(data) == self.frame_bytes:
+            return [bytes(data)]        # a device block of one frame: most blocks, no copies
         self._buf += data
         cut = len(self._buf) - len(self._buf) % self.frame_bytes
         if cut == 0:
