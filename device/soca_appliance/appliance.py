@@ -5,8 +5,9 @@ States: connecting, ready, listening (stt.partial or local speech onset), thinki
 or speaker gone). Every change is an event and drives the LEDs. Callbacks arrive from the
 source, link, player and GPIO threads; one re-entrant lock orders them. Under it nothing
 does I/O: events, LED updates and log lines are queued, in order, for the effects thread
-(effects.py). The button and the control socket share :meth:`press`, :meth:`long_press`,
-:meth:`set_muted`.
+(effects.py). What the server says is applied by the :class:`~.conversation.Conversation`
+mixin; what a press means (the button and the control socket share :meth:`press`,
+:meth:`long_press`, :meth:`set_muted`) by the :class:`~.presses.Presses` mixin.
 
 A link session's conversation state is one :class:`~soca_appliance.turn.Turn`, replaced
 with the assembler's and the player's state in one place, :meth:`Appliance._session_start`,
@@ -39,6 +40,7 @@ from .framing import Frame
 from .indicators import make_panel
 from .link import Link, LinkCallbacks, LinkSettings
 from .player import OutputInfo, Player, PlayerCallbacks
+from .presses import Presses
 from .ptt import PushToTalk
 from .turn import Turn
 from .vad import VadGate
@@ -46,7 +48,6 @@ from .vad import VadGate
 log = logging.getLogger("soca.appliance")
 
 HALF_DUPLEX_SETTLE_S = 0.3     # the room's echo dies down this long after the speaker stops
-FLUSH_S = 1.0                  # the button and ctl wait this long at most for their effects
 AUDIO_WAIT_S = 3.0             # at start, the audio side waits this long at most for the link
 
 __all__ = ["Appliance", "Counters", "WarningLimiter", "Source"]
@@ -60,7 +61,7 @@ class Source(Protocol):
     def stop(self, timeout: float = 1.0) -> None: ...
 
 
-class Appliance(Conversation):
+class Appliance(Conversation, Presses):
     def __init__(self, cfg: Config, events: EventLog, source: Source, private_key: str,
                  *, panel: Any = None, player: Optional[Player] = None,
                  link: Optional[Link] = None) -> None:
@@ -362,62 +363,3 @@ class Appliance(Conversation):
         with self._lock:
             self._emit("mic.recovered")
             self._fault("mic", False)
-
-    # --- the button and the control socket -------------------------------------------
-
-    def button_press(self) -> None:
-        self.press(source="button")
-
-    def press(self, source: str = "button", chime: bool = True) -> str:
-        """A short press: interrupt the agent, or a chime when there is nothing to stop
-        (the button, offline or in error: the offline cue instead, see cues.py)."""
-        with self._lock:
-            barge = self.player.busy or self.turn.phase in ("speaking", "thinking")
-            if barge:
-                self.counters.add("barges_button")
-                seq = self.assembler.current_seq
-                self.player.stop_all("button")                  # silence first, then talk
-                self._apply(self.assembler.interrupt())
-                self.turn.press(seq)
-                self.budget.clear()
-                self._emit("barge", seq=seq, source=source)
-                self.link.send_control(protocol.barge_message(), urgent=True)
-                self._set("ready")
-        self.effects.flush(FLUSH_S)
-        if barge:
-            return "barged"
-        if source == "button" and self.cues.speech_started(self.state):
-            return "offline"
-        if not chime:
-            return "idle"
-        self.player.play_cue(self._chime)
-        return "chime"
-
-    def ptt_down(self) -> None:
-        """Push-to-talk: the button went down. It barges the agent (the press's own path)
-        and the gate opens; the second of two taps toggles mute instead."""
-        assert self.ptt is not None
-        if self.ptt.down(time.monotonic()) == "double":
-            self.long_press()
-            return
-        self.press(source="button", chime=False)
-
-    def ptt_up(self) -> None:
-        assert self.ptt is not None
-        self.ptt.up(time.monotonic())       # the capture thread sends stop after the last frame
-
-    def long_press(self) -> None:
-        self.set_muted(not self.muted)
-
-    def set_muted(self, muted: bool) -> None:
-        with self._lock:
-            if muted == self.muted:
-                return
-            self.muted = muted
-            gate = self.ptt.gate if self.ptt is not None else self.gate
-            if muted and gate is not None and gate.active:
-                gate.reset()                # the utterance ends here: let the server know
-                self.link.send_control(protocol.stop_message())   # after its queued audio
-            self._emit("mute", muted=muted)
-            self._show()                    # the privacy glow, same state
-        self.effects.flush(FLUSH_S)
