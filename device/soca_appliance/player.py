@@ -9,7 +9,9 @@ plays back to back without a gap. ``stop_before(seq)`` silences the playing sent
 once and drops queued ones; callbacks tell the orchestrator when a sentence starts, stops
 and when the queue has drained. When the audio output cannot be opened (or goes away)
 the player says so once, drops what it is given, and reopens it in the background
-(:mod:`output`: backoff, device presence, any exception from the mixer). Nothing that goes
+(:mod:`output`: backoff, device presence, any exception from the mixer; the loop and the
+output's life are :mod:`.player_life`, the hand-off to the channel :mod:`.player_channel`).
+Nothing that goes
 wrong in the player thread ends it: a fault is reported, the output reopened, and playback
 goes on.
 
@@ -31,16 +33,14 @@ from typing import Any, Callable, Optional
 from . import devices  # noqa: E402
 from .assembler import Piece, Sentence  # noqa: E402
 from .backoff import Backoff  # noqa: E402
-from .output import AudioOutput, OutputInfo, channel_busy as _busy  # noqa: E402
+from .output import AudioOutput, OutputInfo  # noqa: E402
 from .output import pygame  # noqa: E402,F401 - imported on first use (tests, bench use it)
-from .output import stranded_queue as _stranded  # noqa: E402
+from .player_channel import CUE_CHANNEL, SPEECH_CHANNEL, ChannelFeed  # noqa: E402,F401
 from .player_life import PlayerLife  # noqa: E402
 from .speaker_idle import IdleRelease  # noqa: E402
 
 log = logging.getLogger("soca.player")
 
-SPEECH_CHANNEL = 0
-CUE_CHANNEL = 1
 
 
 @dataclass
@@ -73,7 +73,7 @@ class _Item:
         return self.sentence.seq, self.sentence.sentence_id
 
 
-class Player(PlayerLife):
+class Player(PlayerLife, ChannelFeed):
     def __init__(self, callbacks: Optional[PlayerCallbacks] = None, *, frequency: int = 22050,
                  buffer: int = 512, max_queue: int = 32, retry_s: float = 5.0,
                  prebuffer_s: float = 0.25, retry_max_s: float = 60.0,
@@ -330,76 +330,6 @@ class Player(PlayerLife):
             self.cb.on_start(dataclasses.replace(item.sentence, mp3=bytes(item.mp3)))
         if finished:
             self.cb.on_idle()
-
-    def _push(self, item: _Item) -> bool:
-        """Hand pending PCM to the channel (lock held). True when the sentence starts."""
-        channel = pygame.mixer.Channel(SPEECH_CHANNEL)
-        stranded = _stranded(channel)
-        if stranded is not None:                 # pygame lost a hand-off: play it now
-            self.stranded += 1
-            channel.play(stranded)
-        busy = _busy(channel)
-        if (item.started and not busy and not self._refilling
-                and (not item.complete or self._pending)):
-            # The network fell behind the speaker: gather a prebuffer again rather than
-            # resume on the one MP3 frame in hand and stall again right after it (unless
-            # the rest of the sentence is all here).
-            self.underruns += 1
-            self._refilling = not item.complete
-        if not self._pending:
-            return False
-        if (not busy and not item.complete
-                and (not item.started or self._refilling)
-                and len(self._pending) < self._pcm_bytes(self.prebuffer_s)):
-            return False                     # a little in hand first, against network jitter
-        if channel.get_queue() is not None:
-            return False                     # the channel already holds the next piece
-        sound = pygame.mixer.Sound(buffer=bytes(self._pending))
-        self._keep.append(sound)
-        now = time.monotonic()
-        if busy:
-            channel.queue(sound)             # SDL_mixer starts it with no gap
-        else:
-            channel.play(sound)
-            self._ends_at = now
-            self._refilling = False
-            if self._cue_until > now:       # the agent wins over a spoken cue
-                pygame.mixer.Channel(CUE_CHANNEL).stop()
-                self._cue_until = now
-        self._ends_at = max(self._ends_at, now) + sound.get_length() / self.speed
-        self._pending.clear()
-        first = not item.started
-        item.started = True
-        return first
-
-    def _wait(self, item: _Item, complete: bool) -> bool:
-        """Sleep until there is something to do (lock held). True when the queue drained."""
-        remaining = self._ends_at - time.monotonic()
-        if self._pending and item.started:
-            self._cond.wait(min(0.01, max(remaining, 0.001)))   # a queue slot frees soon
-            return False
-        if not complete or item.stale():
-            self._cond.wait(0.05 if not item.started else min(0.05, max(remaining, 0.001)))
-            return False
-        if remaining > 0.005:
-            self._cond.wait(remaining)
-            return False
-        # (A device running slower than the estimate gets 2 s of audio's grace, and never
-        # less than half a second of wall time: a sped-up device can be starved.)
-        channel = pygame.mixer.Channel(SPEECH_CHANNEL)
-        stranded = _stranded(channel)
-        if stranded is not None:                 # the sentence's last piece, left behind
-            self.stranded += 1
-            channel.play(stranded)
-            self._ends_at = time.monotonic() + stranded.get_length() / self.speed
-            return False
-        if (_busy(channel)
-                and remaining > -max(2.0 / self.speed, 0.5)):
-            self._cond.wait(0.005)      # the mixer drains its last buffer a little later
-            return False
-        self._quiet_since = time.monotonic()     # before _current: see quiet_for
-        self._current = None
-        return not self._queue
 
     def _pcm_bytes(self, seconds: float) -> int:
         assert self.info is not None
