@@ -507,3 +507,16 @@ def test_an_idle_control_thread_never_wakes(server: ControlServer) -> None:
     assert_never_wakes(thread)
     server.close()
     assert not thread.is_alive()                # and close() still stops it at once
+
+
+def test_the_server_and_client_names_are_importable_from_control() -> None:
+    """They moved to control_server.py and control_client.py; ``control`` still has them."""
+    from soca_appliance import control_client, control_server
+    assert control.ControlServer is control_server.ControlServer is ControlServer
+    assert control.request is control_client.request is request
+    assert control.ctl_main is control_client.ctl_main is ctl_main
+    assert (control.EXIT_OK, control.EXIT_REFUSED, control.EXIT_UNAVAILABLE) == (0, 1, 2)
+    assert control.MAX_REPLY == 64 * 1024
+    assert (control.SOCKET_MODE, control.DIR_MODE) == (0o660, 0o750)
+    with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
+        control.nonesuch  # noqa: B018

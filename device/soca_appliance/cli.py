@@ -88,7 +88,7 @@ _OWN_PARSER = ("simulate", "ctl", "bench")
 
 def _delegate(name: str, rest: list[str]) -> int:
     if name == "ctl":
-        from .control import ctl_main
+        from .control_client import ctl_main
         return ctl_main(rest)
     if name == "bench":
         from .bench import main as bench_main
@@ -186,7 +186,8 @@ def make_source(cfg: Config) -> Any:
 @contextlib.contextmanager
 def _control(cfg: Config, app: Any) -> Iterator[None]:
     """The local control socket; the appliance runs without it when it cannot bind."""
-    from .control import ControlError, ControlServer, make_handler
+    from .control import ControlError, make_handler
+    from .control_server import ControlServer
     server = None
     if cfg.control_socket:
         try:
