@@ -367,3 +367,35 @@ def test_mixer_tap_hands_over_what_sdl_mixer_mixes_at_the_volume_it_plays() -> N
     assert loud == 10000 - 1 or abs(loud - 10000) <= 2  # the tone as mixed
     assert end == 0                                      # stopped: the reference is silence
     assert abs(period_ms - 23.2) < 3.0
+
+
+class _Passthrough:
+    """A canceller that cancels nothing (the recorder's test needs no binding)."""
+
+    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        return near.copy()
+
+
+def test_echo_path_records_its_inputs_and_outputs_only_when_asked(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """SOCA_ECHO_RECORD (the rig's diagnostic, issue 12): every frame's mic, reference,
+    canceller output and uplink, with the path's decisions, for offline replays."""
+    from soca_appliance.echo_record import ENV, load
+    monkeypatch.delenv(ENV, raising=False)
+    assert EchoPath(_Passthrough(), is_speech=lambda pcm: False)._record is None
+    target = tmp_path / "echo.rec"
+    monkeypatch.setenv(ENV, str(target))
+    path = EchoPath(_Passthrough(), is_speech=lambda pcm: True, warmup_s=0.0)
+    path._stream = ReferenceStream(path._ring, 16000, 1)
+    rng = np.random.default_rng(1)
+    mics = [to_int16(rng.standard_normal(BLOCK) * 300) for _ in range(60)]
+    for k, mic in enumerate(mics):
+        path.mixed(to_int16(np.full(BLOCK, 1000.0)).astype("<i2").tobytes(), 10.0 + k * 0.02)
+        path.process(Frame(mic.astype("<i2").tobytes(), 10.0 + (k + 1) * 0.02, k), True)
+    path.close()
+    rec = load(target)
+    assert len(rec.t) == 60 and rec.index.tolist() == list(range(60))
+    assert np.array_equal(rec.near, np.stack(mics))
+    assert np.array_equal(rec.clean, np.stack(mics))            # the canceller's output
+    assert rec.far[-1].max() == 1000 and rec.voiced.all()
+    assert {int(m) for m in rec.mode} <= {0, 1, 2} and 1 in set(rec.mode.tolist())

@@ -29,6 +29,7 @@ import numpy as np
 
 from .echo_reference import (DUCK_GAIN, RATE, Ducker, MicClock, NoiseFloor,  # noqa: F401
                              ReferenceRing, ReferenceStream, estimate_lag, to_reference)
+from .echo_record import EchoRecorder
 from .echo_track import LagTracker
 from .framing import Frame
 
@@ -210,6 +211,7 @@ class EchoPath:
         self._hold_frames = int(round(hold_s * 1000 / frame_ms))
         self._suspect_frames = 2 * self._track.check_every
         self._ahead = int(ahead_s * RATE)
+        self._record = EchoRecorder.from_env(int(RATE * frame_ms / 1000))
 
     @property
     def converged(self) -> bool:
@@ -227,6 +229,8 @@ class EchoPath:
     def close(self) -> None:
         if self._tap is not None:
             self._tap.remove()
+        if self._record is not None:
+            self._record.close()
 
     # any thread (tests and the bench feed buffers directly)
     def mixed(self, pcm: bytes, t: float) -> None:
@@ -301,8 +305,12 @@ class EchoPath:
             self._mode = mode
         pcm = np.clip(np.rint(out), -32768, 32767).astype("<i2").tobytes()
         held, self._hold = self._hold > 0, max(0, self._hold - 1)
-        volume = self._ducker.update(not held and self._is_speech(pcm), agent_playing)
+        voiced = not held and self._is_speech(pcm)
+        volume = self._ducker.update(voiced, agent_playing)
         self.stats.ducks = self._ducker.ducks
+        if self._record is not None:
+            self._record.write(frame.t_capture, frame.index, mode, voiced, volume, False,
+                               near, far, clean, pcm)
         return Frame(pcm, frame.t_capture, frame.index), volume
 
     def _follow(self, moved: int) -> None:
