@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from room import have_room
-from soca_appliance.room import PulseRig, RoomProcess, RoomSettings
+from soca_appliance.room import RoomSettings
+from soca_appliance.room_rig import PulseRig, RoomProcess
 
 
 def _diag(cfg: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,8 @@ import threading
 
 import numpy as np
 
-from .room import RATE, PulseRig
+from .room import RATE
+from .room_rig import PulseRig
 
 
 class MonitorTap:

@@ -24,7 +24,8 @@ import numpy as np
 
 import soxr
 
-from .room import PulseRig, Room, RoomProcess, RoomSettings, level_for
+from .room import Room, RoomSettings, level_for
+from .room_rig import PulseRig, RoomProcess
 from .simulator import Simulator, default_assets_dir
 
 ASSETS = default_assets_dir()
