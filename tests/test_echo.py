@@ -369,13 +369,6 @@ def test_mixer_tap_hands_over_what_sdl_mixer_mixes_at_the_volume_it_plays() -> N
     assert abs(period_ms - 23.2) < 3.0
 
 
-class _Passthrough:
-    """A canceller that cancels nothing (the recorder's test needs no binding)."""
-
-    def process(self, near: np.ndarray, far: np.ndarray) -> np.ndarray:
-        return near.copy()
-
-
 def test_echo_path_records_its_inputs_and_outputs_only_when_asked(tmp_path: Path,
                                                                   monkeypatch) -> None:
     """SOCA_ECHO_RECORD (the rig's diagnostic, issue 12): every frame's mic, reference,
