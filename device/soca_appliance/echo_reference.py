@@ -241,10 +241,7 @@ class Ducker:
     Feed one voiced/unvoiced verdict per frame of the cleaned mic. While the agent plays
     and ``need`` of the last ``window`` frames are voiced, the volume drops to ``gain``;
     after ``hold_s`` without a barge (the server's decision) it comes back, and does not
-    duck again until the talk-over has stopped and starts anew. A talk-over that starts
-    anew while ducked (a stray burst of residual echo ducked it, then the user spoke) gets
-    its own ``hold_s``: the duck must not end in the user's first words. Pure: no clock,
-    no I/O.
+    duck again until the talk-over has stopped and starts anew. Pure: no clock, no I/O.
     """
 
     def __init__(self, frame_ms: int = 20, window: int = 10, need: int = 5,
@@ -256,14 +253,12 @@ class Ducker:
         self.ducked = False
         self._ducked_for = 0
         self._spent = False           # restored after a talk-over that goes on
-        self._talking = False         # talk-over in the last frame
         self.ducks = 0
 
     def update(self, voiced: bool, agent_playing: bool) -> Optional[float]:
         """The new volume when it must change, else None."""
         self._recent.append(voiced and agent_playing)
         talk_over = sum(self._recent) >= self.need
-        began, self._talking = talk_over and not self._talking, talk_over
         if not agent_playing:
             self._recent.clear()
             self._spent = False
@@ -279,7 +274,7 @@ class Ducker:
                 self.ducks += 1
                 return self.gain
             return None
-        self._ducked_for = 0 if began else self._ducked_for + 1
+        self._ducked_for += 1
         if self._ducked_for >= self.hold_frames:
             self.ducked, self._spent = False, talk_over
             return 1.0
