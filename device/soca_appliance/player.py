@@ -11,9 +11,8 @@ and when the queue has drained. When the audio output cannot be opened (or goes 
 the player says so once, drops what it is given, and reopens it in the background
 (:mod:`output`: backoff, device presence, any exception from the mixer; the loop and the
 output's life are :mod:`.player_life`, the hand-off to the channel :mod:`.player_channel`).
-Nothing that goes
-wrong in the player thread ends it: a fault is reported, the output reopened, and playback
-goes on.
+Nothing that goes wrong in the player thread ends it: a fault is reported, the output
+reopened, and playback goes on.
 
 SDL's audio driver is whatever ``SDL_AUDIODRIVER`` says (``alsa``, ``pulse``, ``dummy``,
 ``disk``...); this module never sets it.
@@ -40,7 +39,6 @@ from .player_life import PlayerLife  # noqa: E402
 from .speaker_idle import IdleRelease  # noqa: E402
 
 log = logging.getLogger("soca.player")
-
 
 
 @dataclass
