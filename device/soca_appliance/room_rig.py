@@ -148,30 +148,26 @@ class RoomProcess:
                 self._cond.notify_all()
 
     def say(self, raw16k: Path, gain: float = 1.0, timeout: float = 5.0) -> float:
-        assert self.proc.stdin is not None
-        with self._cond:
-            self._n += 1
-            n = self._n
-        self.proc.stdin.write(f"say {n} {gain} {raw16k}\n")
-        self.proc.stdin.flush()
-        with self._cond:
-            if not self._cond.wait_for(lambda: n in self._said, timeout):
-                raise RuntimeError("the room did not start the utterance")
-            return self._said[n]
+        return self._ask("say", f"{gain} {raw16k}", timeout, "start the utterance")
 
     def delay_more(self, ms: float, timeout: float = 5.0) -> float:
         """From now on the speaker reaches the mic ``ms`` later (an output whose latency
         jumps, e.g. SDL's buffer 512 -> 2048: +70 ms at 22.05 kHz); returns when, in the
         room's clock."""
+        return self._ask("delay", f"{ms}", timeout, "take the delay")
+
+    def _ask(self, verb: str, args: str, timeout: float, what: str) -> float:
+        """One numbered command to the room process (``verb N args``); the room's clock
+        when the room acknowledged it."""
         assert self.proc.stdin is not None
         with self._cond:
             self._n += 1
             n = self._n
-        self.proc.stdin.write(f"delay {n} {ms}\n")
+        self.proc.stdin.write(f"{verb} {n} {args}\n")
         self.proc.stdin.flush()
         with self._cond:
             if not self._cond.wait_for(lambda: n in self._said, timeout):
-                raise RuntimeError("the room did not take the delay")
+                raise RuntimeError(f"the room did not {what}")
             return self._said[n]
 
     def wait_quiet_after(self, t: float, timeout: float) -> Optional[float]:
