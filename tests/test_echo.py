@@ -323,6 +323,18 @@ def test_measure_echo_path_warns_on_clipping_loud_echo_and_silence(speech) -> No
     assert not report.ok and "no echo" in report.message
 
 
+def test_measure_echo_path_says_clips_even_when_clipping_hides_the_echo(speech) -> None:
+    """A mic driven hard into clipping no longer records the chime's shape: the echo is
+    not found, but the mic clipping is what the technician must hear about (the loud room
+    of test_echo_diag read 'no echo of the chime found' in 1 run of 3 before)."""
+    agent, _ = speech
+    chime = agent[:16000 * 2]
+    rng = np.random.default_rng(2)
+    clipped = np.clip(rng.standard_normal(len(chime)) * 60000, -32768, 32767)
+    report = measure_echo_path(chime, clipped)
+    assert not report.ok and "clips" in report.message, report
+
+
 # --- the tap on SDL_mixer ---------------------------------------------------------------------
 
 TAP_CHILD = r"""
