@@ -18,6 +18,18 @@ from typing import IO, Optional
 from .room import RATE, RoomSettings
 
 
+def end_process(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, ``grace`` seconds to exit, then SIGKILL (a child that has exited: nothing)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class PulseRig:
     """A private PulseAudio daemon (own HOME, runtime dir and socket) with null sinks
     ``speaker`` and ``mic``. ``env`` is what SDL, PortAudio and pacat need to use it."""
@@ -80,13 +92,8 @@ class PulseRig:
             keeper.terminate()
             keeper.wait(5)
         self._keepers.clear()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            end_process(self.proc, 5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "PulseRig":

@@ -25,7 +25,7 @@ import numpy as np
 import soxr
 
 from .room import Room, RoomSettings, level_for
-from .room_rig import PulseRig, RoomProcess
+from .room_rig import PulseRig, RoomProcess, end_process
 from .simulator import Simulator, default_assets_dir
 
 ASSETS = default_assets_dir()
@@ -159,13 +159,8 @@ class Scene:
                         timeout, "the microphone open")
 
     def close(self) -> None:
-        if self.app is not None and self.app.poll() is None:
-            self.app.terminate()
-            try:
-                self.app.wait(10)
-            except subprocess.TimeoutExpired:
-                self.app.kill()
-                self.app.wait(5)
+        if self.app is not None:
+            end_process(self.app, 10)
         if self.room is not None:
             self.room.close()
         if self.sim is not None:
