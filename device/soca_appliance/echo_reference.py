@@ -296,23 +296,45 @@ def gcc_phat(near: np.ndarray, far: np.ndarray, rate: int = RATE
 
 
 def estimate_lag(near: np.ndarray, far: np.ndarray, lo: int, hi: int,
-                 rate: int = RATE) -> tuple[int, float]:
+                 rate: int = RATE, candidates: int = 1) -> tuple[int, float]:
     """The lag L in [lo, hi] at which ``near[i]`` best matches ``far[i - L]`` (both arrays
     cover the same sample indices), and the normalised correlation there (0..1).
 
     The peak is found on the phase transform of the cross-spectrum (GCC-PHAT, in the
     speech band): plain correlation of speech through a band-limited speaker peaks too
-    broadly to tell a delay to the millisecond.
+    broadly to tell a delay to the millisecond. With ``candidates`` > 1 the strongest
+    peaks (at least 1 ms apart, within half the top one's height) are weighed by plain
+    correlation and the best is taken: for a tonal sound such as the chime, PHAT's equal
+    weighting of every frequency can put a faint high-band reflection a hair above the
+    path that carries the energy (seen: 0.089 against 0.085, plain correlation 0.16
+    against 0.72), and the lag tracker's speech never needs it.
     """
     x = np.asarray(near, dtype=np.float64)
     y = np.asarray(far, dtype=np.float64)
     size, cross, sharp = gcc_phat(x, y, rate)
     plain = np.fft.irfft(cross, size)
     lo, hi = max(0, lo), max(lo, min(hi, len(x) - 1))
-    if not len(sharp[lo:hi + 1]):
+    window = sharp[lo:hi + 1]
+    if not len(window):
         return lo, 0.0
-    lag = lo + int(np.argmax(sharp[lo:hi + 1]))
-    e_far = float(np.sum(y[:len(y) - lag] ** 2))
-    e_near = float(np.sum(x[lag:] ** 2))
-    score = abs(float(plain[lag])) / np.sqrt(e_far * e_near) if e_far > 0 and e_near > 0 else 0.0
-    return lag, score
+
+    def score(lag: int) -> float:
+        e_far = float(np.sum(y[:len(y) - lag] ** 2))
+        e_near = float(np.sum(x[lag:] ** 2))
+        return (abs(float(plain[lag])) / np.sqrt(e_far * e_near)
+                if e_far > 0 and e_near > 0 else 0.0)
+
+    best = lo + int(np.argmax(window))
+    if candidates <= 1:
+        return best, score(best)
+    picked: list[int] = []
+    apart = max(1, rate // 1000)
+    for i in np.argsort(window)[::-1]:
+        lag = lo + int(i)
+        if window[i] < 0.5 * sharp[best] or len(picked) >= candidates:
+            break
+        if all(abs(lag - other) >= apart for other in picked):
+            picked.append(lag)
+    scored = [(score(lag), lag) for lag in picked]
+    top, lag = max(scored)
+    return lag, top
