@@ -139,6 +139,34 @@ def test_meter_measures_per_second_the_same_as_per_frame() -> None:
     assert meter.frames == 120
 
 
+def test_meter_loses_no_frame_to_a_reader_emptying_its_queue() -> None:
+    """The capture thread appends without a lock while /metrics reads (and so measures)
+    the queue: every sample is still counted once, whichever batch it fell in."""
+    import threading
+    meter = MicMeter(window=60)
+    frames = [np.full(320, 100 * (i % 50 + 1), dtype="<i2").tobytes() for i in range(3000)]
+    done = threading.Event()
+
+    def capture() -> None:
+        for pcm in frames:
+            meter.add(pcm)
+        done.set()
+
+    reads = 0
+    writer = threading.Thread(target=capture)
+    writer.start()
+    while not done.is_set():
+        meter.levels()
+        reads += 1
+    writer.join()
+    rms, peak = meter.levels()
+    wide = np.frombuffer(b"".join(frames), dtype="<i2").astype(np.float64)
+    assert meter.frames == len(frames) and reads > 1
+    assert rms == pytest.approx(20 * math.log10(math.sqrt(np.mean(wide ** 2)) / 32768),
+                                abs=1e-9)
+    assert peak == pytest.approx(20 * math.log10(5000 / 32768), abs=1e-9)
+
+
 def test_level_tap_is_the_source_plus_a_meter() -> None:
     class Source:
         name = "fake"

@@ -57,19 +57,19 @@ class WavSource(ThreadedSource):
         # The stop is looked at once per frame, after the sleep (Event.is_set is a Python
         # call): a stop waits at most one period.
         stopped = self._stop.is_set
+        frames, count = self._frames, len(self._frames)
+        monotonic, sleep = time.monotonic, time.sleep
         while True:
-            due = t0 + (index + 1) * period
-            delay = due - time.monotonic()
+            delay = t0 + (index + 1) * period - monotonic()
             if delay > 0:
                 # time.sleep, not Event.wait: about 10 % less CPU per period (bench --floor)
-                time.sleep(delay)
+                sleep(delay)
             if stopped():
                 break
-            pcm = self._frames[index] if index < len(self._frames) else silence
-            on_frame(Frame(pcm=pcm, t_capture=time.monotonic(), index=index))
-            self.frames += 1
+            on_frame(Frame(frames[index] if index < count else silence, monotonic(), index))
             index += 1
-            if index == len(self._frames):
+            self.frames = index
+            if index == count:
                 log.info("end of %s (%.1f s); continuing with silence", self.path.name,
                          self.duration)
                 self.ended.set()
