@@ -112,6 +112,7 @@ def test_floor_reports_both_streamers_and_their_ratios(capsys: pytest.CaptureFix
     assert "pygame" in imports["imported_at_s"] and imports["total_import_ms"] > 0
     assert "[web]" in floor["appliance_config"]             # every feature on
     assert "cpu_vs_floor_ratio" in json.loads(out)["targets"]
+    assert floor["duplex"] in ("aec", "half")               # what the targets are judged by
     assert "floor" in err and "ratio" in err                # the table, on stderr
 
 
@@ -168,3 +169,22 @@ def test_floor_duplex_chooses_the_appliances_echo_policy(tmp_path: Path,
     with pytest.raises(SystemExit):
         bench.main(["--help"])
     assert "--floor-duplex" in capsys.readouterr().out
+
+
+def test_floor_targets_say_when_they_are_not_this_runs() -> None:
+    """The 1.3x is the stream's own cost and the 60 MB is with every feature on: a run with
+    the canceller on says so beside the CPU ratio (and --strict does not fail on it), a
+    run with it off says so beside the memory."""
+    from soca_appliance.bench.floorcmd import render, targets
+    measured = {"ratio": {"cpu_pct": 4.4}, "appliance": {"peak_rss_mb": 57.0}}
+    aec = targets({**measured, "duplex": "aec"})
+    assert not aec["cpu_vs_floor_ratio"]["pass"] and "AEC3" in aec["cpu_vs_floor_ratio"]["scope"]
+    assert "scope" not in aec["peak_rss_all_features_mb"]
+    half = targets({**measured, "duplex": "half"})
+    assert "scope" not in half["cpu_vs_floor_ratio"]
+    assert "canceller was off" in half["peak_rss_all_features_mb"]["scope"]
+    report = {"floor": {"appliance_config": "", "ratio": {}, "frame_ms": 20, "rounds": 1,
+                        "window_s": 2.0, "appliance": {}, "floor": {}}, "targets": aec,
+              "bench": {"command": "x", "machine": {}}}
+    lines = [line for line in render(report) if line.startswith("target cpu_vs_floor")]
+    assert lines and "MISS (not this run's: duplex = aec" in lines[0]

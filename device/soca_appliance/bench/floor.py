@@ -165,6 +165,14 @@ def appliance_config(workdir: Path, frame_ms: int, duplex: Optional[str] = None)
     return path
 
 
+def _duplex_of(config_text: str) -> str:
+    """The echo policy the appliance ran with (what :func:`appliance_config` wrote)."""
+    for line in config_text.splitlines():
+        if line.startswith("duplex = "):
+            return line.split("=", 1)[1].strip().strip('"')
+    return ""
+
+
 def command(kind: str, url: str, workdir: Path, frame_ms: int,
             launcher: tuple[str, ...] = ("-m", "soca_appliance")) -> list[str]:
     if kind == "floor":
@@ -314,6 +322,7 @@ def run_floor(workdir: Path, rounds: int, seconds: float, frame_ms: int = 20,
             if frame_ms == 20 else f"as at 20 ms, with {frame_ms} ms frames",
             "frame_ms": frame_ms, "rounds": rounds, "window_s": seconds,
             "appliance_config": config_text,
+            "duplex": _duplex_of(config_text),
         }
         for kind, rows in per.items():
             out[kind] = {k: _med([r[k] for r in rows]) for k in _KEYS}

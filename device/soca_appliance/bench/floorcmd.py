@@ -48,12 +48,29 @@ def _dig(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
     return doc if isinstance(doc, (int, float)) else None
 
 
+# What a target is about, said beside it when this run measured something else: the
+# 1.3x is the stream's own cost (with the canceller on the figure is AEC3's), the 60 MB
+# is with every feature on (the canceller included).
+_SCOPE = {
+    "cpu_vs_floor_ratio": (lambda duplex: duplex != "aec",
+                           "the target is the stream's own cost; with the echo canceller on "
+                           "this is AEC3's (measure the stream with --floor-duplex half)"),
+    "peak_rss_all_features_mb": (lambda duplex: duplex in ("aec", ""),
+                                 "the echo canceller was off: every feature on is the "
+                                 "default --floor-duplex"),
+}
+
+
 def targets(floor: dict[str, Any]) -> dict[str, Any]:
     out = {}
+    duplex = floor.get("duplex", "")
     for name, (limit, unit, path) in FLOOR_TARGETS.items():
         value = _dig(floor, path)
         if value is not None:
             out[name] = {"value": value, "limit": limit, "unit": unit, "pass": value <= limit}
+            applies, why = _SCOPE[name]
+            if not applies(duplex):
+                out[name]["scope"] = f"duplex = {duplex}: {why}"
     wy = _dig(floor, ("wyoming_20ms", "cpu_pct"))
     app = _dig(floor, ("appliance", "cpu_pct"))
     if wy is not None and app is not None:     # measured in the same rounds
@@ -92,7 +109,7 @@ def floor_main(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(table)
-    missed = [n for n, t in report["targets"].items() if not t["pass"]]
+    missed = [n for n, t in report["targets"].items() if not t["pass"] and "scope" not in t]
     return 1 if (args.strict and missed) else 0
 
 
@@ -170,5 +187,6 @@ def render(report: dict[str, Any]) -> list[str]:
     lines.append(f"appliance config: {f['appliance_config'].strip()!r}")
     for name, v in t.items():
         lines.append(f"target {name}: {v['value']:g} {v['unit']} <= {v['limit']:g} "
-                     f"{'PASS' if v['pass'] else 'MISS'}")
+                     f"{'PASS' if v['pass'] else 'MISS'}"
+                     + (f" (not this run's: {v['scope']})" if "scope" in v else ""))
     return lines
