@@ -259,6 +259,32 @@ def test_the_warm_up_sends_the_rooms_noise_floor_not_digital_silence() -> None:
     assert 15.0 < level < 25.0
 
 
+def test_a_short_burst_of_residual_echo_goes_up_as_the_rooms_floor() -> None:
+    """A burst of two frames 13 dB over the floor while the agent plays (what AEC3 lets
+    through at the agent's word onsets, recorded through the room) goes up as comfort noise
+    at the floor; before, it went up as it was, and with a second one within half a second
+    the far end heard an utterance and answered it. A voice over the agent passes."""
+    rng = np.random.default_rng(8)
+
+    def level(pcm: bytes) -> float:
+        return float(np.sqrt(np.mean(np.frombuffer(pcm, dtype="<i2").astype(np.float64) ** 2)))
+
+    path = EchoPath(_Passthrough(), is_speech=lambda pcm: level(pcm) > 40.0, warmup_s=0.0)
+    path._stream = ReferenceStream(path._ring, 16000, 1)
+    out = []
+    for k in range(260):
+        if k >= 60:                                      # the agent speaks from 1.2 s
+            path.mixed((rng.standard_normal(320) * 3000).astype("<i2").tobytes(),
+                       50.0 + (k + 1) * 0.02)
+        gain = 90.0 if k in (150, 151) else 400.0 if 200 <= k < 230 else 20.0
+        mic = np.clip(rng.standard_normal(320) * gain, -32768, 32767).astype("<i2").tobytes()
+        frame, _ = path.process(Frame(mic, 50.0 + (k + 1) * 0.02, k), True)
+        out.append(level(frame.pcm))
+    assert all(out[k] < 30.0 for k in (150, 151)), out[148:154]      # the floor, not 90
+    assert all(out[k] > 300.0 for k in range(200, 230)), out[198:232]  # the voice, whole
+    assert path.stats.frames_gated == 2
+
+
 class _JumpRoom:
     """A room whose speaker reaches the mic ``extra`` samples later from frame ``at`` on
     (an output latency jump, as ``room.py``'s ``delay`` command)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from audio_helpers import sine, to_int16
-from soca_appliance.echo_reference import (DUCK_GAIN, Ducker, MicClock, NoiseFloor,
+from soca_appliance.echo_reference import (DUCK_GAIN, BurstGate, Ducker, MicClock, NoiseFloor,
                                            ReferenceRing, ReferenceStream, to_reference)
 from soca_appliance.echo_track import LagTracker
 
@@ -213,3 +213,55 @@ def test_ring_moves_the_unread_reference_later_replaying_what_was_read() -> None
     ring.read(1100, 1000)
     ring.move(-200, np.zeros(0, dtype=np.float32))     # sooner: 200 samples skipped
     assert list(ring.read(2100, 300).astype(np.int32)) == list(range(300, 500)) + [0] * 100
+
+
+# --- the burst gate: residual echo's short bursts kept out of the uplink ---------------------
+
+FLOOR = 20.0                                 # the room's floor, RMS
+
+
+def _db(over: float) -> float:
+    return FLOOR * 10 ** (over / 20)
+
+
+def _gate(gate: BurstGate, frames: list[tuple[float, bool]], playing: bool = True) -> list[bool]:
+    """(dB over the floor, voiced) per frame; which frames the gate replaced."""
+    return [gate.update(_db(over), FLOOR, voiced, playing) for over, voiced in frames]
+
+
+def test_burst_gate_keeps_residue_bursts_out_while_the_agent_plays() -> None:
+    """The bursts recorded through the room: 1-3 frames 6-13 dB over the floor, voiced,
+    then webrtcvad's hangover on frames at the floor; none of them goes up."""
+    gate = BurstGate()
+    quiet = [(0.0, False)] * 10
+    burst = [(7.0, True), (13.0, True), (11.0, True), (0.5, True), (0.0, True)]
+    gated = _gate(gate, quiet + burst + quiet + burst[:1] + quiet)
+    assert gated == [False] * 10 + [True, True, True, False, False] + [False] * 10 + [True] + \
+        [False] * 10
+    assert gate.gated == 4
+
+
+def test_burst_gate_lets_a_voice_through_after_its_first_frames() -> None:
+    """A talk-over that starts soft loses its first three frames, then passes whole,
+    through the dips between syllables; after half a second of quiet it is a new run."""
+    gate = BurstGate()
+    syllable = [(8.0, True)] * 6 + [(1.0, False)] * 4     # dips under the floor's margin
+    gated = _gate(gate, syllable * 3)
+    assert gated[:3] == [True] * 3 and not any(gated[3:])
+    later = _gate(gate, [(0.0, False)] * 30 + [(8.0, True)] * 4)
+    assert later[30:] == [True, True, True, False]
+
+
+def test_burst_gate_opens_at_once_for_a_loud_voice_and_never_cuts_one_going_on() -> None:
+    gate = BurstGate()
+    assert _gate(gate, [(20.0, True)] * 5) == [False] * 5           # louder than any burst
+    gate = BurstGate()
+    _gate(gate, [(8.0, True)] * 5, playing=False)                   # the user talks first
+    assert _gate(gate, [(8.0, True)] * 5) == [False] * 5            # then the agent starts
+
+
+def test_burst_gate_ignores_a_steady_sound_and_never_gates_without_the_agent() -> None:
+    gate = BurstGate()
+    hum = [(1.0, True)] * 50                 # a fan the VAD calls voiced: it is the floor
+    assert not any(_gate(gate, hum))
+    assert not any(_gate(BurstGate(), [(13.0, True)] * 3, playing=False))

@@ -27,8 +27,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .echo_reference import (DUCK_GAIN, RATE, Ducker, MicClock, NoiseFloor,  # noqa: F401
-                             ReferenceRing, ReferenceStream, estimate_lag, to_reference)
+from .echo_reference import (DUCK_GAIN, RATE, BurstGate, Ducker, MicClock,  # noqa: F401
+                             NoiseFloor, ReferenceRing, ReferenceStream, estimate_lag,
+                             to_reference)
 from .echo_record import EchoRecorder
 from .echo_track import LagTracker
 from .framing import Frame
@@ -164,6 +165,7 @@ class EchoStats:
     ducks: int = 0
     moves: int = 0                # the echo path jumped and the reference moved with it
     frames_held: int = 0          # comfort noise while the canceller settled after a move
+    frames_gated: int = 0         # comfort noise for a burst of residual echo (BurstGate)
 
 
 class EchoPath:
@@ -206,6 +208,7 @@ class EchoPath:
         self._delay = np.zeros(AEC_LATENCY, dtype=np.int16)
         self._mode = "raw"
         self._floor = NoiseFloor()
+        self._bursts = BurstGate()
         self._track = LagTracker(frame=int(RATE * frame_ms / 1000))
         self._hold = 0
         self._hold_frames = int(round(hold_s * 1000 / frame_ms))
@@ -306,10 +309,17 @@ class EchoPath:
         pcm = np.clip(np.rint(out), -32768, 32767).astype("<i2").tobytes()
         held, self._hold = self._hold > 0, max(0, self._hold - 1)
         voiced = not held and self._is_speech(pcm)
+        # Every frame counts for the run (a voice that goes on as the agent starts is not
+        # cut); only the canceller's output is gated. One VAD sees every frame, so that it
+        # meets no sound it has not heard begin.
+        gated = self._bursts.update(_level(out), self._floor.rms, voiced, mode == "clean")
+        if gated:
+            pcm = np.clip(np.rint(self._floor.comfort(n)), -32768, 32767).astype("<i2").tobytes()
+            self.stats.frames_gated = self._bursts.gated
         volume = self._ducker.update(voiced, agent_playing)
         self.stats.ducks = self._ducker.ducks
         if self._record is not None:
-            self._record.write(frame.t_capture, frame.index, mode, voiced, volume, False,
+            self._record.write(frame.t_capture, frame.index, mode, voiced, volume, gated,
                                near, far, clean, pcm)
         return Frame(pcm, frame.t_capture, frame.index), volume
 
@@ -325,6 +335,10 @@ class EchoPath:
         self._hold = self._hold_frames
         self.stats.moves += 1
         log.info("echo path %+.0f ms: reference moved with it", 1000.0 * moved / RATE)
+
+
+def _level(x: np.ndarray) -> float:
+    return float(np.sqrt(np.dot(x, x) / max(1, len(x))))
 
 
 def _webrtc_vad(mode: int = 2) -> Callable[[bytes], bool]:

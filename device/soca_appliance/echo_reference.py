@@ -235,6 +235,54 @@ class NoiseFloor:
         return (self._rng.standard_normal(n) * self.rms).astype(np.float32)
 
 
+class BurstGate:
+    """Short bursts of residual echo out of the uplink while the agent plays.
+
+    AEC3 leaves, now and then, a burst of a few frames 6-13 dB over the room's floor (at
+    word onsets of the agent's speech: the speaker's clipping is what its linear filter
+    cannot follow); webrtcvad calls the burst, and by its own hangover the frames after
+    it, voiced, and two bursts within half a second make an "utterance" that the far end
+    transcribes and answers (through the room rig: 14 in 15 runs of the button-barge
+    scene). Speech goes on longer, or starts louder, so the first ``hold`` frames of a run
+    that stands out of the floor go up as comfort noise, and a run that goes on (or one
+    frame louder than any burst) opens the gate until the voice has stopped. Pure: one
+    verdict per frame.
+    """
+
+    def __init__(self, hold: int = 3, release: int = 25, voiced_db: float = 3.0,
+                 loud_db: float = 12.0, strong_db: float = 18.0) -> None:
+        self.hold = hold
+        self.release = release
+        self._voiced = 10 ** (voiced_db / 20)
+        self._loud = 10 ** (loud_db / 20)
+        self._strong = 10 ** (strong_db / 20)
+        self._run = 0
+        self._open = 0          # frames the gate stays open: a voice that proved itself
+        self.gated = 0
+
+    def update(self, level: float, floor: float, voiced: bool, may_gate: bool) -> bool:
+        """One frame, whatever goes up (the run of a voice that began before the agent
+        did is counted, so it is never cut); True: replace it by comfort noise.
+
+        A frame stands out when a VAD calls it voiced and it is ``voiced_db`` over the
+        floor (residue 6 dB over it can be voiced), or it is ``loud_db`` over; a steady
+        sound that is the floor (a fan, a hum) never does. A run longer than ``hold``, or
+        one frame ``strong_db`` over the floor (louder than any burst measured: 13 dB),
+        opens the gate until ``release`` frames after the voice's last frame that stood
+        out: the dips between syllables (deeper while AEC3 suppresses in double talk)
+        must not make each syllable a new run to cut."""
+        stands_out = level > floor * (self._voiced if voiced else self._loud)
+        self._run = self._run + 1 if stands_out else 0
+        if self._run > self.hold or level > floor * self._strong or (self._open and stands_out):
+            self._open = self.release
+        elif self._open:
+            self._open -= 1
+        if may_gate and not self._open and self._run:
+            self.gated += 1
+            return True
+        return False
+
+
 class Ducker:
     """Local talk-over detection: duck the agent at once, restore if no barge follows.
 
