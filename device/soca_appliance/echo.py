@@ -29,7 +29,7 @@ import numpy as np
 
 from .echo_reference import (DUCK_GAIN, RATE, BurstGate, Ducker, MicClock,  # noqa: F401
                              NoiseFloor, ReferenceRing, ReferenceStream, estimate_lag,
-                             to_reference)
+                             frame_level, to_reference)
 from .echo_record import EchoRecorder
 from .echo_track import LagTracker
 from .framing import Frame
@@ -306,15 +306,15 @@ class EchoPath:
             fade = np.linspace(0.0, 1.0, n, dtype=np.float32)
             out = out * fade + paths[self._mode] * (1.0 - fade)
             self._mode = mode
-        pcm = np.clip(np.rint(out), -32768, 32767).astype("<i2").tobytes()
+        pcm = _pcm(out)
         held, self._hold = self._hold > 0, max(0, self._hold - 1)
         voiced = not held and self._is_speech(pcm)
         # Every frame counts for the run (a voice that goes on as the agent starts is not
         # cut); only the canceller's output is gated. One VAD sees every frame, so that it
         # meets no sound it has not heard begin.
-        gated = self._bursts.update(_level(out), self._floor.rms, voiced, mode == "clean")
+        gated = self._bursts.update(frame_level(out), self._floor.rms, voiced, mode == "clean")
         if gated:
-            pcm = np.clip(np.rint(self._floor.comfort(n)), -32768, 32767).astype("<i2").tobytes()
+            pcm = _pcm(self._floor.comfort(n))
             self.stats.frames_gated = self._bursts.gated
         volume = self._ducker.update(voiced, agent_playing)
         self.stats.ducks = self._ducker.ducks
@@ -337,8 +337,8 @@ class EchoPath:
         log.info("echo path %+.0f ms: reference moved with it", 1000.0 * moved / RATE)
 
 
-def _level(x: np.ndarray) -> float:
-    return float(np.sqrt(np.dot(x, x) / max(1, len(x))))
+def _pcm(x: np.ndarray) -> bytes:
+    return np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
 
 
 def _webrtc_vad(mode: int = 2) -> Callable[[bytes], bool]:

@@ -197,6 +197,11 @@ class ReferenceStream:
             self._out += len(audio)
 
 
+def frame_level(x: np.ndarray) -> float:
+    """RMS of a float frame (full scale 32768)."""
+    return float(np.sqrt(np.dot(x, x) / max(1, len(x))))
+
+
 class NoiseFloor:
     """The mic's noise floor and comfort noise at it. Fed frames with nothing in the
     reference; the floor is the least, over the last ``blocks`` blocks of ``block`` frames,
@@ -213,8 +218,7 @@ class NoiseFloor:
         self._rng = np.random.default_rng(seed)
 
     def observe(self, frame: np.ndarray) -> None:
-        x = frame.astype(np.float32)
-        level = float(np.sqrt(np.dot(x, x) / max(1, len(x))))
+        level = frame_level(frame.astype(np.float32))
         if level < 1.0 and not self._started:
             return
         self._started = True

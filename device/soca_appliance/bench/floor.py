@@ -155,9 +155,7 @@ def appliance_config(workdir: Path, frame_ms: int, duplex: Optional[str] = None)
     """Every feature on: the web page and /metrics (on a free port), the control socket,
     the echo canceller when this version's config has ``duplex = "aec"`` (or ``duplex``,
     the bench's ``--floor-duplex``: ``half`` measures the streaming path alone)."""
-    from .. import config
-    if duplex is None:
-        duplex = "aec" if "aec" in getattr(config, "_CHOICES", {}).get("duplex", ()) else "half"
+    duplex = duplex or default_duplex()
     path = workdir / CONFIG_NAME
     path.write_text(f'frame_ms = {frame_ms}\nduplex = "{duplex}"\n'
                     f'control_socket = "{workdir / "floor-ctl.sock"}"\n'
@@ -165,12 +163,10 @@ def appliance_config(workdir: Path, frame_ms: int, duplex: Optional[str] = None)
     return path
 
 
-def _duplex_of(config_text: str) -> str:
-    """The echo policy the appliance ran with (what :func:`appliance_config` wrote)."""
-    for line in config_text.splitlines():
-        if line.startswith("duplex = "):
-            return line.split("=", 1)[1].strip().strip('"')
-    return ""
+def default_duplex() -> str:
+    """Every feature on: ``aec`` when this version's config knows it."""
+    from .. import config
+    return "aec" if "aec" in getattr(config, "_CHOICES", {}).get("duplex", ()) else "half"
 
 
 def command(kind: str, url: str, workdir: Path, frame_ms: int,
@@ -302,6 +298,7 @@ def run_floor(workdir: Path, rounds: int, seconds: float, frame_ms: int = 20,
               duplex: Optional[str] = None) -> dict[str, Any]:
     """Alternating rounds of the floor and the appliance (and wyoming-satellite at 20 and
     64 ms chunks when its executable is given); medians and ratios."""
+    duplex = duplex or default_duplex()
     config_text = appliance_config(workdir, frame_ms, duplex).read_text()
     kinds = ["floor", "appliance"] + (["wyoming_20ms", "wyoming_64ms"] if wyoming else [])
     per: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
@@ -322,7 +319,7 @@ def run_floor(workdir: Path, rounds: int, seconds: float, frame_ms: int = 20,
             if frame_ms == 20 else f"as at 20 ms, with {frame_ms} ms frames",
             "frame_ms": frame_ms, "rounds": rounds, "window_s": seconds,
             "appliance_config": config_text,
-            "duplex": _duplex_of(config_text),
+            "duplex": duplex,
         }
         for kind, rows in per.items():
             out[kind] = {k: _med([r[k] for r in rows]) for k in _KEYS}
