@@ -10,6 +10,7 @@ import io
 import json
 import os
 import struct
+import time
 import wave
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -334,6 +335,11 @@ def test_speech_while_answering_barges(sim: Simulator) -> None:
     ws.close()
     stats = sim.stats()
     assert stats["barges_sent"] == 1 and stats["answers_sent"] == 2
+    # The barge is timed for the room's latency split: onset, then the barge, after at
+    # least the gate's 0.6 s of voiced audio.
+    [timed] = sim.speech_barges()
+    assert timed["onset"] < timed["barge"] <= time.monotonic()
+    assert timed["audio_s"] >= timed["voiced_s"] >= 0.6
 
 
 def test_speech_mid_answer_cancels_the_rest() -> None:

@@ -6,7 +6,9 @@ block by block) and the room process that runs them between two PulseAudio null 
 (``python -m soca_appliance.room``): it reads the speaker's monitor, applies the room,
 adds the voice it is told to say (commands on stdin) and plays the sum into the mic sink.
 It reports on stdout, in its own sample clock, when each utterance started and when the
-speaker went quiet, so a barge's latency is measured on one clock. The daemon, its sinks
+speaker went quiet, so a barge's latency is measured on one clock; each such line also
+carries time.monotonic() of that block (read from the speaker's monitor, the mic's block
+written at once), so that a latency can be split with the other processes' clocks. The daemon, its sinks
 and the handle on the room process are :mod:`.room_rig`. Never used by the appliance.
 """
 from __future__ import annotations
@@ -15,6 +17,8 @@ import argparse
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
@@ -195,22 +199,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     sample = 0
     loud = False
     quiet_run = 0
+    read_at: deque[float] = deque(maxlen=3)     # time.monotonic() of the last blocks read
     try:
         while not stop.is_set():
             data = rec.stdout.read(BLOCK * 2)
             if not data or len(data) < BLOCK * 2:
                 break
+            read_at.append(time.monotonic())
             speaker = np.frombuffer(data, dtype="<i2").astype(np.float64)
             if sample == 0:
                 print("running", flush=True)
             with lock:
                 for n, voice in pending:
                     playing.append(voice)
-                    print(f"said {n} {sample / RATE:.4f}", flush=True)
+                    print(f"said {n} {sample / RATE:.4f} {read_at[-1]:.4f}", flush=True)
                 pending.clear()
                 for n, extra in delays:
                     lag_line = np.concatenate([lag_line, np.zeros(extra)])
-                    print(f"said {n} {sample / RATE:.4f}", flush=True)
+                    print(f"said {n} {sample / RATE:.4f} {read_at[-1]:.4f}", flush=True)
                 delays.clear()
             if len(lag_line):
                 lag_line = np.concatenate([lag_line, speaker])
@@ -236,7 +242,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 quiet_run += 1
                 if quiet_run == 3:
                     loud = False
-                    print(f"quiet {(sample - 2 * BLOCK) / RATE:.4f}", flush=True)
+                    print(f"quiet {(sample - 2 * BLOCK) / RATE:.4f} {read_at[0]:.4f}",
+                          flush=True)
             sample += BLOCK
             if sample % RATE == 0:
                 print(f"t {sample / RATE:.4f}", flush=True)

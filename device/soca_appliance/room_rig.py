@@ -124,7 +124,9 @@ class RoomProcess:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._lock = threading.RLock()
         self._said: dict[int, float] = {}
+        self.said_mono: dict[float, float] = {}     # room clock -> time.monotonic()
         self.quiet_at: list[float] = []
+        self.quiet_mono: list[float] = []           # time.monotonic(), one per quiet_at
         self.loud_at: list[float] = []
         self.t = 0.0
         self.running = False
@@ -144,8 +146,10 @@ class RoomProcess:
             with self._cond:
                 if parts[:1] == ["said"]:
                     self._said[int(parts[1])] = float(parts[2])
+                    self.said_mono[float(parts[2])] = float(parts[3])
                 elif parts[:1] == ["quiet"]:
                     self.quiet_at.append(float(parts[1]))
+                    self.quiet_mono.append(float(parts[2]))
                 elif parts[:1] == ["loud"]:
                     self.loud_at.append(float(parts[1]))
                 elif parts[:1] == ["t"]:

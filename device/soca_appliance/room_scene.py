@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,6 +35,43 @@ KEY = "room-test-key"
 USER_TEXT = "Stop please, I want to ask something else."
 GREETING = "Hello, what is the weather like today?"
 USER_LEVEL = 0.1          # the user's voice: espeak-ng at -20 dB (the echo, 10 dB over it, does not clip)
+
+
+@dataclass
+class Interruption:
+    """One talk-over and how long each part of its barge took.
+
+    ``said`` and ``stopped`` are the room's clock: the user's voice begins, the speaker is
+    quiet (``stopped`` None: it never stopped). The stages are time.monotonic(), which the
+    room, the simulator and the appliance's event reader share: ``up_s`` from the voice's
+    first sample into the mic sink to the far end's onset (the rig's playback, the mic's
+    capture, the canceller, the uplink, and the 3 voiced sub-frames an onset needs);
+    ``gate_s`` the far end's onset to its barge (``gate_audio_s`` of audio, of which
+    ``gate_voiced_s`` voiced: the gate needs 0.6 s); ``down_s`` the barge to the appliance
+    logging it; ``out_s`` that to the room hearing the speaker quiet (the player's stop,
+    SDL's buffer, the rig's capture of the speaker)."""
+    said: float
+    stopped: Optional[float]
+    up_s: Optional[float] = None
+    gate_s: Optional[float] = None
+    gate_audio_s: Optional[float] = None
+    gate_voiced_s: Optional[float] = None
+    down_s: Optional[float] = None
+    out_s: Optional[float] = None
+
+    @property
+    def latency(self) -> Optional[float]:
+        return None if self.stopped is None else self.stopped - self.said
+
+    def stages(self) -> dict[str, Optional[float]]:
+        return {"up_s": self.up_s, "gate_s": self.gate_s, "gate_audio_s": self.gate_audio_s,
+                "gate_voiced_s": self.gate_voiced_s, "down_s": self.down_s,
+                "out_s": self.out_s}
+
+
+def voice_onset(voice: np.ndarray) -> float:
+    """Seconds into an utterance where its voice begins."""
+    return float(np.argmax(np.abs(voice) > 300)) / 16000
 
 
 def have_room() -> bool:
@@ -213,6 +251,34 @@ class Scene:
     def say(self, raw: Optional[Path] = None) -> float:
         assert self.room is not None
         return self.room.say(raw or self.user_raw)
+
+    def interrupt(self, timeout: float = 6.0) -> Interruption:
+        """The user talks over the agent; wait for the speaker to stop, and time the parts
+        of the barge (see :class:`Interruption`)."""
+        assert self.room is not None
+        onset = voice_onset(self.user_voice)
+        start = self.say()
+        said = start + onset
+        it = Interruption(said, self.stopped_after(said, timeout=timeout))
+        if it.stopped is None or self.sim is None:
+            return it
+        with self.room._cond:
+            said_mono = self.room.said_mono[start] + onset
+            quiet_mono = self.room.quiet_mono[self.room.quiet_at.index(it.stopped)]
+        # The first barge after the voice began; its onset may come before (up_s < 0): the
+        # far end's utterance then began on something else (residual echo) and ran on.
+        barge = next((b for b in self.sim.speech_barges() if b["barge"] >= said_mono), None)
+        heard = next((e["_mono"] for e in self.events_of("barge", source="server")
+                      if e["_mono"] >= said_mono), None)
+        if barge is not None:
+            it.up_s = barge["onset"] - said_mono
+            it.gate_s = barge["barge"] - barge["onset"]
+            it.gate_audio_s, it.gate_voiced_s = barge["audio_s"], barge["voiced_s"]
+            if heard is not None:
+                it.down_s = heard - barge["barge"]
+        if heard is not None:
+            it.out_s = quiet_mono - heard
+        return it
 
     def stopped_after(self, t: float, timeout: float = 5.0, quiet_for: float = 0.5
                       ) -> Optional[float]:

@@ -171,26 +171,29 @@ def _agent_speaks(scene: Any, seconds: float) -> float:
 
 def _interruptions(scene: Any, count: int) -> dict[str, Any]:
     rng = random.Random(12)
-    onset = float(np.argmax(np.abs(scene.user_voice) > 300)) / 16000
     _agent_speaks(scene, 15.0)                     # the canceller learns the room
-    latencies: list[float] = []
-    missed = 0
-    for _ in range(count):
+    done = []
+    for k in range(count):
         scene.wait_event(lambda e: scene.speaking(), 30, "the agent speaking")
         time.sleep(rng.uniform(0.5, 2.5))
-        t_said = scene.say() + onset
-        stop = scene.stopped_after(t_said, timeout=6.0)
-        if stop is None:
-            missed += 1
-        else:
-            latencies.append(stop - t_said)
+        done.append(scene.interrupt())
+        progress(f"echo: interruption {k + 1}/{count}: "
+                 + (f"{done[-1].latency:.2f} s" if done[-1].latency is not None else "missed"))
         n = scene.count("sentence.play")
         scene.wait_count("sentence.play", n, 20)
+    latencies = [i.latency for i in done if i.latency is not None]
     ms = sorted(round(1000 * x) for x in latencies)
-    return {"count": count, "missed": missed, "latency_ms": ms,
+    stages: dict[str, Any] = {}
+    for name in ("up_s", "gate_s", "gate_audio_s", "gate_voiced_s", "down_s", "out_s"):
+        xs = [v for v in (i.stages()[name] for i in done) if v is not None]
+        stages[name.replace("_s", "_ms")] = {
+            "p50": round(1000 * percentile(xs, 50)) if xs else None,
+            "min": round(1000 * min(xs)) if xs else None,
+            "max": round(1000 * max(xs)) if xs else None}
+    return {"count": count, "missed": count - len(latencies), "latency_ms": ms,
             "p50_ms": round(1000 * percentile(latencies, 50)) if latencies else None,
             "p90_ms": round(1000 * percentile(latencies, 90)) if latencies else None,
-            "max_ms": max(ms) if ms else None}
+            "max_ms": max(ms) if ms else None, "stages": stages}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -216,6 +219,13 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  {i['count']} interruptions: {i['missed']} missed; speaker quiet after "
                      f"p50 {i['p50_ms']} ms, p90 {i['p90_ms']} ms, max {i['max_ms']} ms "
                      f"({i['latency_ms']})")
+        names = {"up_ms": "voice -> far end's onset", "gate_ms": "onset -> its barge",
+                 "gate_audio_ms": "  audio the gate took", "gate_voiced_ms": "  of it voiced",
+                 "down_ms": "barge -> appliance", "out_ms": "appliance -> speaker quiet"}
+        for key, label in names.items():
+            st = i.get("stages", {}).get(key)
+            if st and st["p50"] is not None:
+                lines.append(f"    {label:27s} p50 {st['p50']} ms ({st['min']}-{st['max']})")
     elif r:
         lines += ["", f"room: skipped ({r['skipped']})"]
     return "\n".join(lines)

@@ -162,6 +162,13 @@ class Simulator:
         """A snapshot of the counters (safe from any thread)."""
         return self._stats.snapshot()
 
+    def speech_barges(self) -> list[dict[str, float]]:
+        """The last 256 barges decided on speech: ``onset`` (when the utterance's first
+        voiced sub-frame arrived) and ``barge`` (when the barge went out), both
+        time.monotonic(); ``audio_s`` of audio from the onset to the decision, of which
+        ``voiced_s`` voiced."""
+        return self._stats.speech_barges()
+
     def inject(self, message: Union[dict[str, Any], str, bytes]) -> int:
         """Send a message to every current connection; return how many got it."""
         if isinstance(message, dict):

@@ -55,6 +55,10 @@ class _Stats:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(_STAT_KEYS, 0)
         self._last_start: Optional[dict[str, Any]] = None
+        # Each barge decided on speech, on the monotonic clock: when the onset's first
+        # sub-frame arrived, when the barge went out, and how much audio lay between
+        # (bounded: the room's tests and the bench read it to split a barge's latency).
+        self._barges: collections.deque[dict[str, float]] = collections.deque(maxlen=256)
 
     def add(self, key: str, amount: int = 1) -> None:
         with self._lock:
@@ -63,6 +67,14 @@ class _Stats:
     def set_last_start(self, start: dict[str, Any]) -> None:
         with self._lock:
             self._last_start = copy.deepcopy(start)
+
+    def barged_on_speech(self, entry: dict[str, float]) -> None:
+        with self._lock:
+            self._barges.append(entry)
+
+    def speech_barges(self) -> list[dict[str, float]]:
+        with self._lock:
+            return list(self._barges)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -87,7 +99,10 @@ class _Session:
         self.vad = webrtcvad.Vad(VAD_MODE)
         self.carry = b""
         self.frame_no = 0
-        self.window: collections.deque[tuple[int, bool]] = collections.deque(maxlen=ONSET_WINDOW)
+        # (sub-frame, voiced, when it arrived) until an onset
+        self.window: collections.deque[tuple[int, bool, float]] = \
+            collections.deque(maxlen=ONSET_WINDOW)
+        self.onset_at = 0.0                # time.monotonic() the onset's sub-frame arrived
         self.in_speech = False
         self.speech_start = 0
         self.last_voiced = 0
@@ -128,19 +143,20 @@ class _Session:
         buf = self.carry + data
         usable = len(buf) - len(buf) % SUBFRAME_BYTES
         self.carry = buf[usable:]            # < 640 bytes: a 50 ms frame leaves 10 ms over
+        arrived = time.monotonic()
         for off in range(0, usable, SUBFRAME_BYTES):
-            await self.subframe(buf[off:off + SUBFRAME_BYTES])
+            await self.subframe(buf[off:off + SUBFRAME_BYTES], arrived)
 
-    async def subframe(self, pcm: bytes) -> None:
+    async def subframe(self, pcm: bytes, arrived: float) -> None:
         voiced = self.vad.is_speech(pcm, SAMPLE_RATE)
         idx = self.frame_no
         self.frame_no += 1
         if not self.in_speech:
-            self.window.append((idx, voiced))
-            voiced_count = sum(1 for _, v in self.window if v)
+            self.window.append((idx, voiced, arrived))
+            voiced_count = sum(1 for _, v, _ in self.window if v)
             if voiced_count >= ONSET_VOICED:
                 self.in_speech = True
-                self.speech_start = next(i for i, v in self.window if v)
+                self.speech_start, self.onset_at = next((i, t) for i, v, t in self.window if v)
                 self.last_voiced = idx
                 self.silence_run = 0
                 self.partials = 0
@@ -249,6 +265,10 @@ class _Session:
         if verdict is Verdict.BARGE:
             self.barged = True
             await self.barge("content_partial")
+            self.sim._stats.barged_on_speech({
+                "onset": self.onset_at, "barge": time.monotonic(),
+                "audio_s": (idx + 1 - self.speech_start) * SUBFRAME_S,
+                "voiced_s": self.gate.voiced_s})
         elif verdict is Verdict.LATE:
             self.barged = True                           # its window closed: never
             self.sim._stats.add("barges_too_late")
