@@ -49,6 +49,26 @@ def test_full_duplex_without_a_canceller_barges_on_its_own_voice(tmp_path: Path)
     assert barges >= 1
 
 
+def test_an_interruption_is_timed_stage_by_stage_on_one_clock(tmp_path: Path) -> None:
+    """The room, the simulator and the appliance's events each time a barge on
+    time.monotonic(); their stages must add up to the latency the room measures on its own
+    sample clock, or one of the clocks is wrong. No echo and nothing cancelling here (a
+    perfect canceller), so this is also the rig's floor: measured 0.89-0.99 s, of which the
+    simulator's gate 0.60-0.66 s of audio."""
+    with Scene(tmp_path, "full", sentences=12, echo_over_user_db=-200.0) as scene:
+        _agent_talks(scene, 2.0)
+        scene.wait_event(lambda e: scene.speaking(), 10, "the agent speaking")
+        it = scene.interrupt()
+    assert it.latency is not None, "no barge"
+    stages = it.stages()
+    assert None not in stages.values(), stages
+    total = it.up_s + it.gate_s + it.down_s + it.out_s            # type: ignore[operator]
+    assert abs(total - it.latency) <= 0.06, (total, it)
+    assert 0.0 < it.up_s < 0.5 and 0.0 <= it.down_s < 0.1 and 0.0 < it.out_s < 0.3, it
+    assert it.gate_voiced_s >= 0.6 and it.gate_audio_s >= it.gate_voiced_s, it
+    assert it.latency < 1.5, it
+
+
 @pytest.mark.parametrize("duplex", ["auto", pytest.param("full", marks=pytest.mark.slow)])
 def test_voice_goes_up_untouched_while_the_agent_is_silent(tmp_path: Path, duplex: str) -> None:
     """The uplink against what the room really played into the mic sink (its monitor,

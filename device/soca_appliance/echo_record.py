@@ -7,9 +7,8 @@ test rig and the bench, not a setting; nothing is recorded on a device by defaul
 One record per frame, fixed size, appended (buffered, flushed every second of audio so a
 killed process leaves all but the last second): a header (``t_capture`` float64, frame
 index int32, mode uint8 0 raw / 1 clean / 2 mute, local-VAD verdict uint8, the volume
-the ducking asked for or -1 float32, a flag reserved for a residual-echo gate uint8,
-always 0 today) and four int16 blocks of
-``n`` samples: near, far, clean, out.
+the ducking asked for or -1 float32, uint8 1 when the burst gate sent comfort noise
+instead) and four int16 blocks of ``n`` samples: near, far, clean, out.
 """
 from __future__ import annotations
 

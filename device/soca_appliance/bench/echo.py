@@ -147,6 +147,14 @@ def room(minutes: float, interruptions: int) -> dict[str, Any]:
         work.mkdir()
         with Scene(work, "auto", sentences=28) as scene:
             out["interruptions"] = _interruptions(scene, interruptions)
+        # The same interruptions with no echo at all and nothing cancelling (full duplex):
+        # what a perfect canceller would give in this rig, with this voice and the
+        # service's gate, measured in the same run.
+        progress(f"echo: {interruptions} interruptions in a room without echo (the floor)")
+        work = Path(tmp) / "floor"
+        work.mkdir()
+        with Scene(work, "full", sentences=28, echo_over_user_db=-200.0) as scene:
+            out["interruptions_no_echo"] = _interruptions(scene, interruptions)
     return out
 
 
@@ -219,13 +227,22 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  {i['count']} interruptions: {i['missed']} missed; speaker quiet after "
                      f"p50 {i['p50_ms']} ms, p90 {i['p90_ms']} ms, max {i['max_ms']} ms "
                      f"({i['latency_ms']})")
+        f = r.get("interruptions_no_echo")
+        if f and f["p50_ms"] and i["p50_ms"]:
+            lines.append(f"  the same without any echo (a perfect canceller's floor): p50 "
+                         f"{f['p50_ms']} ms, p90 {f['p90_ms']} ms, max {f['max_ms']} ms; "
+                         f"ratio of the p50s {i['p50_ms'] / f['p50_ms']:.2f}x")
         names = {"up_ms": "voice -> far end's onset", "gate_ms": "onset -> its barge",
                  "gate_audio_ms": "  audio the gate took", "gate_voiced_ms": "  of it voiced",
                  "down_ms": "barge -> appliance", "out_ms": "appliance -> speaker quiet"}
+        lines.append(f"    {'stage':27s} {'auto, p50 (min-max)':22s} without echo, p50")
         for key, label in names.items():
             st = i.get("stages", {}).get(key)
+            base = (f or {}).get("stages", {}).get(key) or {}
             if st and st["p50"] is not None:
-                lines.append(f"    {label:27s} p50 {st['p50']} ms ({st['min']}-{st['max']})")
+                lines.append(f"    {label:27s} {st['p50']:5d} ms ({st['min']}-{st['max']})"
+                             .ljust(54) + (f"{base['p50']:5d} ms" if base.get("p50") is not None
+                                           else ""))
     elif r:
         lines += ["", f"room: skipped ({r['skipped']})"]
     return "\n".join(lines)
