@@ -123,8 +123,8 @@ def test_a_minute_of_loud_echo_never_barges(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured (4 runs of 10 and bench --echo, idle machine): p50 1.10-1.31 s, "
-                   "max 1.39-2.15 s, 50 of 50 barged. Per stage, on one clock (Scene.interrupt): "
+@pytest.mark.xfail(reason="measured (6 runs of 10, idle machine): p50 1.10-1.33 s, "
+                   "max 1.39-2.15 s, 60 of 60 barged. Per stage, on one clock (Scene.interrupt): "
                    "voice -> the far end's onset p50 0.25 s (the rig's 0.12 s into the mic, "
                    "then the unvoiced 'St'), the gate's 0.6 s of voiced frames p50 0.92 s of "
                    "audio, barge -> appliance 1 ms, -> speaker quiet 0.07 s. The same rig with "
