@@ -154,6 +154,7 @@ class ReferenceStream:
         self.creep = 6.0               # 0.025 % of drift followed smoothly
         self._windows = 0
         self.anchors = 0
+        self.settled = 0.0             # what the first windows moved the first guess by
 
     def shift(self, samples: int) -> None:
         if self._anchor is not None:
@@ -183,6 +184,8 @@ class ReferenceStream:
                 # Mixed that much later than it should have been, for a whole window: the
                 # mixer stalled and the speaker paused with it (an underrun).
                 self._anchor += least
+                if self._windows <= 3:
+                    self.settled += least
                 self.anchors += least > self.reanchor
             else:       # a drifting clock, a few samples a window: never a jump. (Buffers
                 # mixed early are the output filling a bigger buffer: not a change in
