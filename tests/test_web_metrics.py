@@ -146,10 +146,16 @@ def test_meter_loses_no_frame_to_a_reader_emptying_its_queue() -> None:
     meter = MicMeter(window=60)
     frames = [np.full(320, 100 * (i % 50 + 1), dtype="<i2").tobytes() for i in range(3000)]
     done = threading.Event()
+    read = threading.Event()
 
     def capture() -> None:
-        for pcm in frames:
+        for i, pcm in enumerate(frames):
             meter.add(pcm)
+            if i % 100 == 37:
+                # A read comes in here at least (mid-batch: the meter measures 50 at a
+                # time); the writer could otherwise finish in one of the GIL's 5 ms turns.
+                read.clear()
+                read.wait(5.0)
         done.set()
 
     reads = 0
@@ -158,10 +164,11 @@ def test_meter_loses_no_frame_to_a_reader_emptying_its_queue() -> None:
     while not done.is_set():
         meter.levels()
         reads += 1
+        read.set()
     writer.join()
     rms, peak = meter.levels()
     wide = np.frombuffer(b"".join(frames), dtype="<i2").astype(np.float64)
-    assert meter.frames == len(frames) and reads > 1
+    assert meter.frames == len(frames) and reads >= 30
     assert rms == pytest.approx(20 * math.log10(math.sqrt(np.mean(wide ** 2)) / 32768),
                                 abs=1e-9)
     assert peak == pytest.approx(20 * math.log10(5000 / 32768), abs=1e-9)
