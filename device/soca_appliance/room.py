@@ -8,8 +8,9 @@ adds the voice it is told to say (commands on stdin) and plays the sum into the 
 It reports on stdout, in its own sample clock, when each utterance started and when the
 speaker went quiet, so a barge's latency is measured on one clock; each such line also
 carries time.monotonic() of that block (read from the speaker's monitor, the mic's block
-written at once), so that a latency can be split with the other processes' clocks. The daemon, its sinks
-and the handle on the room process are :mod:`.room_rig`. Never used by the appliance.
+written at once), so that a latency can be split with the other processes' clocks. The
+daemon, its sinks and the handle on the room process are :mod:`.room_rig`. Never used by
+the appliance.
 """
 from __future__ import annotations
 

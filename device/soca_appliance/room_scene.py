@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,9 +64,8 @@ class Interruption:
         return None if self.stopped is None else self.stopped - self.said
 
     def stages(self) -> dict[str, Optional[float]]:
-        return {"up_s": self.up_s, "gate_s": self.gate_s, "gate_audio_s": self.gate_audio_s,
-                "gate_voiced_s": self.gate_voiced_s, "down_s": self.down_s,
-                "out_s": self.out_s}
+        """The stages by name (``up_s`` ... ``out_s``)."""
+        return {k: v for k, v in asdict(self).items() if k.endswith("_s")}
 
 
 def voice_onset(voice: np.ndarray) -> float:

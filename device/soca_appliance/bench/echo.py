@@ -192,9 +192,9 @@ def _interruptions(scene: Any, count: int) -> dict[str, Any]:
     latencies = [i.latency for i in done if i.latency is not None]
     ms = sorted(round(1000 * x) for x in latencies)
     stages: dict[str, Any] = {}
-    for name in ("up_s", "gate_s", "gate_audio_s", "gate_voiced_s", "down_s", "out_s"):
+    for name in (done[0].stages() if done else {}):
         xs = [v for v in (i.stages()[name] for i in done) if v is not None]
-        stages[name.replace("_s", "_ms")] = {
+        stages[name[:-len("_s")] + "_ms"] = {
             "p50": round(1000 * percentile(xs, 50)) if xs else None,
             "min": round(1000 * min(xs)) if xs else None,
             "max": round(1000 * max(xs)) if xs else None}
