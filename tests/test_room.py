@@ -213,8 +213,8 @@ def test_an_output_latency_jump_mid_speech_never_barges(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.xfail(reason="measured this round (issue 12 round 5, idle machine): the scene "
                    "repeated 10 times gave 0 false barges but 4 'answered' phantom utterances "
-                   "in 3 of the runs (and 10 too short to answer); this test passed its one "
-                   "run. A phantom answer is what fails it: the test's user then asks over "
+                   "in 3 of the runs (and 10 too short to answer); this test passed 1 of its 2 "
+                   "runs. A phantom answer is what fails it: the test's user then asks over "
                    "it, a real barge on the user's voice. The phantoms are AEC3's residue, "
                    "5-10 frames up to 22 dB over the floor, where its linear filter loses the "
                    "echo for a moment: the burst gate (3 frames) cut them from 14 in 15 runs "

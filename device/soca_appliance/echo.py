@@ -249,7 +249,7 @@ class EchoPath:
         with self._lock:
             if self._stream is None:
                 return
-            late, settled = self._ring.late, self._stream.settled
+            late, settled_before = self._ring.late, self._stream.settled
             # Where the clock puts it, plus every move made with the echo: the stream
             # follows the clock, and would otherwise walk a move back 6 samples a window.
             self._stream.push(pcm, self._clock.index_at(t) + self._ahead + self._moved)
@@ -258,7 +258,7 @@ class EchoPath:
                 self._stream.shift(RATE // 100)
             self.stats.buffers += 1
             self.stats.anchors = self._stream.anchors
-            settled = self._stream.settled - settled
+            settled = self._stream.settled - settled_before
         if settled:
             # The stream's first placement settled (it was made before the mic's clock was
             # sure): the reference moved and the echo did not, so the lag the tracker knows

@@ -44,8 +44,9 @@ class Interruption:
     ``said`` and ``stopped`` are the room's clock: the user's voice begins, the speaker is
     quiet (``stopped`` None: it never stopped). The stages are time.monotonic(), which the
     room, the simulator and the appliance's event reader share: ``up_s`` from the voice's
-    first sample into the mic sink to the far end's onset (the rig's playback, the mic's
-    capture, the canceller, the uplink, and the 3 voiced sub-frames an onset needs);
+    first sample into the mic sink to the arrival at the far end of the first voiced
+    sub-frame of the utterance it barged on (the rig's playback, the mic's capture, the
+    canceller, the uplink, and any unvoiced start of the word);
     ``gate_s`` the far end's onset to its barge (``gate_audio_s`` of audio, of which
     ``gate_voiced_s`` voiced: the gate needs 0.6 s); ``down_s`` the barge to the appliance
     logging it; ``out_s`` that to the room hearing the speaker quiet (the player's stop,
